@@ -1,0 +1,108 @@
+"""The one place a LLaVA-format record is judged valid.
+
+A record is ``{"id": str, "image": "rel/path.jpg" (optional; a list is accepted), "conversations":
+[{"from": "human"|"gpt", "value": str}, ...]}`` (LLaVA's ``docs/Finetune_Custom_Data.md``). The converter, the
+map-style reader and the tests all call :func:`parse_record`; a bad record raises :class:`RecordError` naming the
+sample id and the reason, which training-time skips count under the same reason string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmm.text.templates import IMAGE_TOKEN
+
+HUMAN_ROLES = {"human", "user"}
+GPT_ROLES = {"gpt", "assistant"}
+
+
+class RecordError(ValueError):
+    """A sample that cannot be trained on; ``reason`` is a short stable key, ``detail`` the explanation."""
+
+    def __init__(self, sample_id: str, reason: str, detail: str = ""):
+        self.sample_id, self.reason, self.detail = sample_id, reason, detail
+        super().__init__(f"sample {sample_id!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class Record:
+    id: str
+    images: list[str]
+    turns: list[tuple[str, str]]  # (human, gpt) pairs; "<image>\n" leads the turn that carries the image
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def has_image(self) -> bool:
+        return bool(self.images)
+
+    def word_length(self) -> int:
+        """LLaVA's modality length: whitespace words over all turns (made negative for text-only by the sampler)."""
+        return sum(len(h.split()) + len(g.split()) for h, g in self.turns)
+
+
+def _move_image_marker(value: str) -> str:
+    # preprocess_multimodal: the marker goes to the front, followed by a newline.
+    return (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+
+
+def parse_record(raw: Any, index: int | None = None) -> Record:
+    """Validate one LLaVA record; raise :class:`RecordError` with the sample id and reason if it is unusable."""
+    fallback_id = f"#{index}" if index is not None else "<unknown>"
+    if not isinstance(raw, dict):
+        raise RecordError(fallback_id, "malformed_record", f"expected a JSON object, got {type(raw).__name__}")
+    sid = str(raw.get("id", fallback_id))
+    conv = raw.get("conversations")
+    if not isinstance(conv, list):
+        raise RecordError(sid, "malformed_record", "'conversations' is missing or not a list")
+    if not conv:
+        raise RecordError(sid, "empty_conversation")
+    image = raw.get("image")
+    if image is None:
+        images: list[str] = []
+    elif isinstance(image, str) and image.strip():
+        images = [image]
+    elif isinstance(image, list) and all(isinstance(x, str) and x.strip() for x in image):
+        images = list(image)
+    else:
+        raise RecordError(sid, "malformed_record", f"'image' must be a path or a list of paths, got {image!r}")
+
+    roles, values = [], []
+    for k, turn in enumerate(conv):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise RecordError(sid, "malformed_record", f"turn {k} lacks a string 'value'")
+        role = str(turn.get("from", "")).lower()
+        if role in HUMAN_ROLES:
+            roles.append("human")
+        elif role in GPT_ROLES:
+            roles.append("gpt")
+        else:
+            raise RecordError(sid, "malformed_record", f"turn {k} has unknown role {turn.get('from')!r}")
+        values.append(turn["value"])
+    if roles[0] != "human":
+        raise RecordError(sid, "first_turn_not_human", f"the first turn is from {conv[0].get('from')!r}")
+    for k, role in enumerate(roles):
+        if role != ("human" if k % 2 == 0 else "gpt"):
+            raise RecordError(sid, "roles_not_alternating", f"turn {k} is from {conv[k].get('from')!r}")
+    if len(roles) % 2:
+        raise RecordError(sid, "ends_with_human_turn", "the last turn has no assistant reply")
+
+    n_markers = sum(v.count(IMAGE_TOKEN) for v in values)
+    if any(IMAGE_TOKEN in values[k] for k in range(1, len(values), 2)):
+        raise RecordError(sid, "image_marker_in_reply")
+    if n_markers > len(images):
+        raise RecordError(sid, "more_image_markers_than_images", f"{n_markers} markers, {len(images)} image(s)")
+    if n_markers < len(images):
+        raise RecordError(sid, "image_without_marker", f"{len(images)} image(s), {n_markers} <image> marker(s)")
+
+    turns = []
+    for k in range(0, len(values), 2):
+        human, gpt = values[k], values[k + 1]
+        if not gpt.strip():
+            raise RecordError(sid, "empty_reply", f"reply {k // 2} is empty")
+        if not human.replace(IMAGE_TOKEN, "").strip() and not (IMAGE_TOKEN in human):
+            raise RecordError(sid, "empty_question", f"question {k // 2} is empty")
+        if human.count(IMAGE_TOKEN) == 1:
+            human = _move_image_marker(human)
+        turns.append((human, gpt))
+    return Record(sid, images, turns, raw)

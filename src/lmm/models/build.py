@@ -1,0 +1,40 @@
+"""Compose a :class:`LlavaModel` from the three config groups (vision, connector, llm)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmm.models.connectors import build_connector
+from lmm.models.llava import LlavaModel
+from lmm.models.llm import build_llm
+from lmm.models.vision import build_vision_tower
+
+
+def _plain(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def build_llava(vision: Any, connector: Any, llm: Any, max_length: int = 2048, tokenizer=None) -> LlavaModel:
+    """``vision`` / ``connector`` / ``llm`` are the config dicts of the groups ``model/{vision,connector,llm}``.
+
+    A random-twin LLM takes its vocabulary size and special ids from ``tokenizer``."""
+    vision, connector, llm = _plain(vision), _plain(connector), _plain(llm)
+    tower = build_vision_tower(**vision)
+    if not llm.get("name_or_path") and tokenizer is not None:
+        cfg = dict(llm.get("config") or {})
+        cfg.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        llm = {**llm, "config": cfg}
+    lm = build_llm(**llm)
+    conn_kwargs = {k: v for k, v in connector.items() if k != "name"}
+    conn = build_connector(connector["name"], tower.hidden_size, lm.config.hidden_size, **conn_kwargs)
+    return LlavaModel(tower, conn, lm, max_length=max_length)

@@ -1,0 +1,72 @@
+"""Tokenizers: a real one from a path / hub name, or a tiny Llama-style SentencePiece twin trained offline.
+
+The twin is a real SentencePiece BPE model with byte fallback, split digits and a dummy prefix (Llama's settings),
+wrapped in transformers' ``LlamaTokenizer`` with ``legacy=True`` — how Vicuna's tokenizer behaves in LLaVA — and
+cached by a hash of its corpus, so it is trained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LMM_CACHE", Path.home() / ".cache" / "lmm"))
+
+
+def finalize_tokenizer(tok, model_max_length: int, padding_side: str = "right"):
+    """LLaVA's settings: right padding for training, ``pad = unk`` (or eos when there is no unk)."""
+    tok.model_max_length = model_max_length
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return tok
+
+
+def load_tokenizer(name_or_path: str, model_max_length: int = 2048, padding_side: str = "right",
+                   trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return finalize_tokenizer(tok, model_max_length, padding_side)
+
+
+def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 1000, cache_dir: Path | None = None,
+                         model_max_length: int = 2048) -> tuple[object, Path]:
+    """Train (or load from cache) a Llama-style SentencePiece tokenizer on ``corpus``; returns (tokenizer, folder)."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    lines = [line for line in corpus if line.strip()]
+    digest = hashlib.sha256(("\n".join(lines) + f"|{vocab_size}").encode()).hexdigest()[:16]
+    folder = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"spm-{vocab_size}-{digest}"
+    if not (folder / "tokenizer_config.json").exists():
+        import sentencepiece as spm
+
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+            byte_fallback=True, split_digits=True, add_dummy_prefix=True, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, character_coverage=1.0,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False,
+        )
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "tokenizer.model").write_bytes(buf.getvalue())
+        tok = LlamaTokenizer.from_pretrained(str(tmp), legacy=True, add_bos_token=True, add_eos_token=False)
+        tok.pad_token = tok.unk_token
+        tok.save_pretrained(str(tmp))
+        cfg_path = tmp / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["legacy"] = True  # not saved by transformers 5, yet it decides how text after "</s>" is split
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first
+            pass
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    return finalize_tokenizer(tok, model_max_length), folder

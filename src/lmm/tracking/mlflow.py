@@ -1,0 +1,62 @@
+"""MLflow: a logger per stage (sqlite store by default), provenance tags, the resolved config as params + YAML."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def git_sha(path: str | Path | None = None) -> str:
+    path = Path(path or Path(__file__).resolve().parent)
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+        sha = out.stdout.strip()
+        if out.returncode == 0 and sha:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, (list, tuple)) and d and all(isinstance(x, dict) for x in d):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def make_logger(tracking_uri: str, experiment_name: str, run_name: str, tags: dict[str, str]):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
+                        tags={k: str(v) for k, v in tags.items()}, log_model=False)
+
+
+def log_config(logger, config: dict, yaml_path: Path) -> None:
+    """The resolved config as flat params and as a YAML artifact."""
+    logger.log_hyperparams({k: ("" if v is None else v) for k, v in flatten(config).items()})
+    logger.experiment.log_artifact(logger.run_id, str(yaml_path))
+
+
+def log_artifact(logger, path: Path, artifact_path: str | None = None) -> None:
+    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+
+def log_text(logger, text: str, name: str) -> None:
+    logger.experiment.log_text(logger.run_id, text, name)
+
+
+def log_metrics(logger, metrics: dict[str, float], step: int | None = None) -> None:
+    logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

@@ -1,0 +1,25 @@
+"""Train LLaVA-1.5 (or a variant) through the stages the config names. `python train.py --help` lists the groups."""
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from lmm.training.run import run_training
+
+    result = run_training(cfg)
+    for name, st in result["stages"].items():
+        print(f"[{name}] loss {st['first_loss']:.4f} -> {st['last_loss']:.4f} ({st['steps']} steps); "
+              f"checkpoint: {st['checkpoint']}; model: {st['model_dir']}; mlflow run: {st['mlflow_run_id']}")
+    print(f"MLflow store: {result['tracking_uri']}  (make ui)")
+    last = list(result["stages"].values())[-1] if result["stages"] else None
+    return last["last_loss"] if last else None
+
+
+if __name__ == "__main__":
+    main()
