@@ -100,7 +100,7 @@ def parse_record(raw: Any, index: int | None = None) -> Record:
         human, gpt = values[k], values[k + 1]
         if not gpt.strip():
             raise RecordError(sid, "empty_reply", f"reply {k // 2} is empty")
-        if not human.replace(IMAGE_TOKEN, "").strip() and not (IMAGE_TOKEN in human):
+        if not human.replace(IMAGE_TOKEN, "").strip() and IMAGE_TOKEN not in human:
             raise RecordError(sid, "empty_question", f"question {k // 2} is empty")
         if human.count(IMAGE_TOKEN) == 1:
             human = _move_image_marker(human)

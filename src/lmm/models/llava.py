@@ -34,6 +34,7 @@ class LlavaOutput:
     n_target_tokens: int
     n_truncated: int
     attention_mask: torch.Tensor
+    fully_masked: list[int]  # rows whose every label is ignored after splice + truncation
 
 
 class LlavaModel(nn.Module):
@@ -112,8 +113,9 @@ class LlavaModel(nn.Module):
         s = self.splice(input_ids, attention_mask, labels, pixel_values, "right")
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
                           position_ids=s.position_ids, use_cache=False).logits
-        loss, n_tok = logits.new_zeros(()), 0
+        loss, n_tok, masked = logits.new_zeros(()), 0, []
         if s.labels is not None:
+            masked = torch.nonzero((s.labels == IGNORE_INDEX).all(dim=1)).flatten().tolist()
             shift_logits = logits[:, :-1].float()
             shift_labels = s.labels[:, 1:]
             n_tok = int((shift_labels != IGNORE_INDEX).sum())
@@ -122,7 +124,7 @@ class LlavaModel(nn.Module):
             # Mean over the micro-batch's target tokens (LLaVA / HF); a batch without targets gives a zero loss
             # that still carries a graph instead of NaN — and is counted by the masked-sample guard.
             loss = ce / max(n_tok, 1)
-        return LlavaOutput(loss, logits, n_tok, s.n_truncated, s.attention_mask)
+        return LlavaOutput(loss, logits, n_tok, s.n_truncated, s.attention_mask, masked)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,

@@ -6,7 +6,6 @@ import time
 from collections import Counter
 
 import lightning as L
-import torch
 
 from lmm.data.batch import Batch
 from lmm.models.llava import LlavaModel
@@ -56,9 +55,9 @@ class LlavaLitModule(L.LightningModule):
         out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
         self.samples_seen += len(batch)
         self.truncated += out.n_truncated
-        if batch.n_fully_masked:
-            self.fully_masked += batch.n_fully_masked
-            self.fully_masked_ids += [i for i, row in zip(batch.ids, batch.labels) if bool((row == -100).all())]
+        if out.fully_masked:
+            self.fully_masked += len(out.fully_masked)
+            self.fully_masked_ids += [batch.ids[i] for i in out.fully_masked]
         loss = out.loss
         value = float(loss.detach())
         self.first_loss = value if self.first_loss is None else self.first_loss
