@@ -53,17 +53,15 @@ def test_default_run_trains_both_stages_and_tracks(tmp_path):
 
 @pytest.mark.parametrize("connector", ["linear", "qformer"])
 def test_connector_variants_run(tmp_path, connector):
-    extra = ["model.connector.hidden_size=32", "model.connector.num_hidden_layers=1",
-             "model.connector.num_attention_heads=4"] if connector == "qformer" else []
-    train(tmp_path, f"model/connector={connector}", *extra, *FAST)
+    train(tmp_path, f"model/connector={connector}", *FAST)
     _, by_stage = runs(tmp_path)
     assert by_stage["finetune"].data.params["model.connector.name"] == connector
 
 
 def test_timm_tower_and_connector_file_handoff(tmp_path):
-    train(tmp_path / "a", "model/vision=timm_vit_tiny", "run_stages=[pretrain]", *FAST)
+    train(tmp_path / "a", "model/vision=timm_vit_l14_clip_336", "run_stages=[pretrain]", *FAST)
     conn = tmp_path / "a" / "pretrain" / "connector.safetensors"
-    train(tmp_path / "b", "model/vision=timm_vit_tiny", "run_stages=[finetune]",
+    train(tmp_path / "b", "model/vision=timm_vit_l14_clip_336", "run_stages=[finetune]",
           f"stages.finetune.init_connector={conn}", *FAST)
 
 

@@ -23,11 +23,26 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def build_llava(vision: Any, connector: Any, llm: Any, max_length: int = 2048, tokenizer=None) -> LlavaModel:
+def as_twin(part: dict, what: str) -> dict:
+    """The tiny random twin of a real backbone config: its ``twin`` block replaces the checkpoint."""
+    if part.get("twin") is None:
+        if part.get("name_or_path") or part.get("checkpoint_path"):
+            raise ValueError(f"the {what} config names a checkpoint but has no 'twin' block for scale=tiny")
+        return part
+    return {**part, "name_or_path": None, "checkpoint_path": None, "tokenizer": None, "dtype": None,
+            "config": part["twin"]}
+
+
+def build_llava(vision: Any, connector: Any, llm: Any, max_length: int = 2048, tokenizer=None,
+                twin: bool = False) -> LlavaModel:
     """``vision`` / ``connector`` / ``llm`` are the config dicts of the groups ``model/{vision,connector,llm}``.
 
-    A random-twin LLM takes its vocabulary size and special ids from ``tokenizer``."""
+    With ``twin`` every part is built as its tiny random twin (``scale=tiny``). A random LLM takes its vocabulary
+    size and special ids from ``tokenizer``."""
     vision, connector, llm = _plain(vision), _plain(connector), _plain(llm)
+    if twin:
+        vision, llm = as_twin(vision, "vision"), as_twin(llm, "llm")
+        connector = {**connector, **(connector.get("twin") or {})}
     tower = build_vision_tower(**vision)
     if not llm.get("name_or_path") and tokenizer is not None:
         cfg = dict(llm.get("config") or {})
@@ -35,6 +50,6 @@ def build_llava(vision: Any, connector: Any, llm: Any, max_length: int = 2048, t
                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         llm = {**llm, "config": cfg}
     lm = build_llm(**llm)
-    conn_kwargs = {k: v for k, v in connector.items() if k != "name"}
+    conn_kwargs = {k: v for k, v in connector.items() if k not in ("name", "twin")}
     conn = build_connector(connector["name"], tower.hidden_size, lm.config.hidden_size, **conn_kwargs)
     return LlavaModel(tower, conn, lm, max_length=max_length)

@@ -45,6 +45,7 @@ def load_model_dir(folder: str | Path, device: str = "cpu") -> tuple[LlavaModel,
     spec = yaml.safe_load((folder / "lmm_model.yaml").read_text())
     tok = load_tokenizer(str(folder / "tokenizer"), spec.get("max_length", 2048), padding_side="left")
     m = spec["model"]
-    model = build_llava(m["vision"], m["connector"], m["llm"], m.get("max_length", 2048), tok)
+    model = build_llava(m["vision"], m["connector"], m["llm"], m.get("max_length", 2048), tok,
+                        twin=bool(m.get("twin")))
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     return model.to(device).eval(), tok, spec

@@ -33,10 +33,10 @@ def build_tokenizer(cfg: DictConfig):
     from lmm.text.tokenizer import load_tokenizer, train_tiny_tokenizer
 
     llm = cfg.model.llm
-    path = llm.get("tokenizer") or llm.get("name_or_path")
+    path = None if cfg.model.twin else (llm.get("tokenizer") or llm.get("name_or_path"))
     if path:
         return load_tokenizer(path, cfg.model.max_length)
-    tok, _ = train_tiny_tokenizer(tokenizer_corpus(), llm.get("tiny_vocab_size", 1000),
+    tok, _ = train_tiny_tokenizer(tokenizer_corpus(), llm.get("tiny_vocab_size") or 1000,
                                   Path(cfg.paths.cache_dir), cfg.model.max_length)
     return tok
 
@@ -68,7 +68,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
     prepare_data(cfg)
     tokenizer = build_tokenizer(cfg)
-    model = build_llava(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer)
+    model = build_llava(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
+                        twin=cfg.model.twin)
     precision = cfg.trainer.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     sha = track.git_sha()
     results: dict[str, Any] = {"output_dir": str(out_dir), "stages": {}}
@@ -115,7 +116,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         track.log_metrics(logger, counts, step=trainer.global_step)
         spec = {"model": OmegaConf.to_container(cfg.model, resolve=True), "template": stage.template,
                 "image_aspect_ratio": stage.image_aspect_ratio, "max_length": cfg.model.max_length,
-                "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id}
+                "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id,
+                "mlflow_tracking_uri": cfg.logger.tracking_uri}
         model_dir = save_model_dir(model, tokenizer, spec, stage_dir / "model")
         track.log_artifact(logger, connector_file)
         logger.finalize("success")

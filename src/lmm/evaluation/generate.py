@@ -1,0 +1,73 @@
+"""Batched greedy generation over benchmark questions, written as LLaVA answer records.
+
+As LLaVA's runners: prompt = template(``"<image>\\n" + text`` or ``text`` for text-only questions), the image
+through the checkpoint's preprocessing (``pad``), greedy decoding with the KV cache, output decoded with special
+tokens skipped and stripped. Unlike LLaVA (batch size asserted 1) questions are batched with left padding; the
+answers are identical to one-at-a-time decoding (tested).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lmm.data.batch import Example, collate
+from lmm.data.images import ImageTransform
+from lmm.models.llava import LlavaModel
+from lmm.text.templates import IMAGE_TOKEN, Template
+from lmm.text.tokenize import tokenize_prompt
+
+
+def prompt_ids(question, template: Template, tokenizer) -> list[int]:
+    text = (IMAGE_TOKEN + "\n" + question.prompt) if question.has_image else question.prompt
+    return tokenize_prompt(template.generation_prompt([], text), tokenizer)
+
+
+def answer_questions(
+    model: LlavaModel,
+    tokenizer,
+    template: Template,
+    questions: Sequence,
+    transform: ImageTransform,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    model_id: str = "lmm",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """Answer ``questions`` (objects with ``question_id``, ``prompt``, ``answer_prompt``, ``has_image``,
+    ``load_image()``) in order; returns LLaVA answer-JSONL records."""
+    device = next(model.parameters()).device
+    records: list[dict] = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        examples = []
+        for q in chunk:
+            ids = prompt_ids(q, template, tokenizer)
+            pixels = transform(q.load_image()).unsqueeze(0) if q.has_image else None
+            examples.append(Example(str(q.question_id), ids, ids, pixels))
+        batch = collate(examples, tokenizer.pad_token_id, "left").to(device)
+        with torch.inference_mode():
+            out = model.generate(
+                batch.input_ids,
+                batch.attention_mask,
+                batch.pixel_values,
+                max_new_tokens,
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+            )
+        for q, tokens in zip(chunk, out):
+            records.append(
+                {
+                    "question_id": q.question_id,
+                    "prompt": q.answer_prompt,
+                    "text": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                    "answer_id": uuid.uuid4().hex,
+                    "model_id": model_id,
+                    "metadata": {},
+                }
+            )
+        if progress:
+            progress(len(records), len(questions))
+    return records
