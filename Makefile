@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint train eval score clean
+.PHONY: help setup test test-fast lint train eval score ui bench-gen clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,15 @@ lint: ## Ruff over the package, entry points and tests
 
 train: ## Train (default: tiny twin, both stages, synthetic data, CPU); ARGS="..." passes Hydra overrides
 	$(PY) train.py $(ARGS)
+
+eval: ## Evaluate a checkpoint: make eval CKPT=outputs/<run> [ARGS="benchmarks=[pope,gqa]"]
+	$(PY) eval.py checkpoint=$(CKPT) $(ARGS)
+
+ui: ## Serve the MLflow UI on 127.0.0.1 for a store: make ui [DB=outputs/<run>/mlflow.db] [PORT=5000]
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(or $(DB),$(lastword $(sort $(wildcard outputs/*/mlflow.db)))) --host 127.0.0.1 --port $(or $(PORT),5000)
+
+bench-gen: ## Benchmark batched vs one-at-a-time generation (answers/s, identical answers, ratio)
+	$(PY) benchmarks/generation_benchmark.py
 
 score: ## Score a predictions file: make score BENCH=pope PRED=answers.jsonl ROOT=playground/data/eval
 	$(PY) -m lmm.evaluation score $(BENCH) --predictions $(PRED) --data-root $(ROOT)
