@@ -1,0 +1,253 @@
+"""The common shape of a benchmark: its questions, its metric, and its official-exact ``score``.
+
+``data_root`` is LLaVA's ``playground/data/eval`` directory; each benchmark reads its files at the paths
+LLaVA's ``scripts/v1_5/eval/*.sh`` use (listed per module and in ``docs/evaluation.md``).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import json
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torchmetrics
+
+from lmm.evaluation.answers import PredictionFile, PredictionsError, as_prediction_file
+
+__all__ = [
+    "Benchmark",
+    "BenchmarkDataError",
+    "JudgeNotConfiguredError",
+    "Question",
+    "ScoreContext",
+    "find_file",
+    "loader_questions",
+    "read_json",
+    "read_jsonl",
+    "stable_id",
+]
+
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+MULTIPLE_CHOICE_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+
+
+class BenchmarkDataError(FileNotFoundError):
+    """A benchmark file is missing or does not have the official format."""
+
+
+class JudgeNotConfiguredError(RuntimeError):
+    """A judge-scored benchmark was asked for a score without judgments; nothing is ever faked."""
+
+
+@dataclass
+class Question:
+    """One evaluation prompt.
+
+    ``prompt`` is the user text exactly as the official runner sends it *after* ``"<image>\\n"`` (suffix
+    included). When ``image`` and ``image_b64`` are both ``None`` the question is text-only and the runner sends
+    ``prompt`` without the image marker (ScienceQA). ``answer_prompt`` is what the runner writes into the answer
+    record's ``prompt`` field (ScienceQA: ``"<image>\\n"`` + prompt for image questions; MMBench: without the
+    suffix); scorers rely on it the way the official scripts do.
+    """
+
+    question_id: Any
+    prompt: str
+    image: Path | None = None
+    category: str | None = None
+    image_b64: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    answer_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer_prompt is None:
+            self.answer_prompt = self.prompt
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None or self.image_b64 is not None
+
+    def load_image(self, convert_rgb: bool = True):
+        """The question's image as a PIL image (RGB unless ``convert_rgb=False``), or ``None``."""
+        from PIL import Image
+
+        if self.image_b64 is not None:
+            image = Image.open(io.BytesIO(base64.b64decode(self.image_b64)))
+        elif self.image is not None:
+            image = Image.open(self.image)
+        else:
+            return None
+        if convert_rgb:
+            return image.convert("RGB")
+        image.load()
+        return image
+
+
+def loader_questions(rows: Iterable[Mapping[str, Any]], image_dir: Path) -> list[Question]:
+    """Questions of a LLaVA question JSONL (``{question_id, image, text[, category]}``): the ``text`` already
+    carries the suffix and is sent as is (``model_vqa_loader.py`` / ``model_vqa.py``)."""
+    return [
+        Question(
+            question_id=row["question_id"],
+            prompt=row["text"],
+            image=image_dir / row["image"],
+            category=row.get("category"),
+        )
+        for row in rows
+    ]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A benchmark data file in JSONL form; any bad line is a :class:`BenchmarkDataError`."""
+    if not path.is_file():
+        raise BenchmarkDataError(f"file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise BenchmarkDataError(f"{path}:{number}: invalid JSON ({err.msg})") from err
+    return rows
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise BenchmarkDataError(f"file not found: {path}")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise BenchmarkDataError(f"{path}: invalid JSON ({err.msg})") from err
+
+
+def find_file(data_root: Path, candidates: Sequence[str], what: str) -> Path:
+    """The first of ``candidates`` (relative to ``data_root``) that exists, else a clear error."""
+    for candidate in candidates:
+        path = Path(data_root) / candidate
+        if path.exists():
+            return path
+    tried = ", ".join(str(Path(data_root) / c) for c in candidates)
+    raise BenchmarkDataError(f"{what} not found; looked for: {tried}")
+
+
+def stable_id(key: str) -> int:
+    """A process-independent 63-bit id for a string (used for grouping keys in distributed metric states)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass
+class ScoreContext:
+    """What one ``score`` call learned about its inputs: counts and human-readable warnings."""
+
+    warnings: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def count(self, name: str, value: int, warning: str | None = None) -> None:
+        self.counts[name] = value
+        if value and warning:
+            self.warn(warning.format(n=value))
+
+    def duplicates(self, keys: Sequence[Any], policy: str = "the last answer is used") -> None:
+        examples = ", ".join(repr(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+        self.count(
+            "n_duplicates", len(keys), f"{{n}} question(s) answered more than once ({examples}); {policy}"
+        )
+
+    def extras(self, n: int, policy: str = "ignored") -> None:
+        self.count("n_extra", n, f"{{n}} prediction(s) for questions not in the benchmark; {policy}")
+
+
+@dataclass(frozen=True)
+class Benchmark(ABC):
+    """Base class of the twelve benchmarks; instances are immutable, ``with_options`` makes variants."""
+
+    name: str = ""
+    max_new_tokens: int = 128
+    needs_judge: bool = False
+    image_folder: str | None = None  # override of default_image_folder; absolute or relative to data_root
+
+    default_image_folder: ClassVar[str] = ""
+    # LLaVA's VQAv2 / VizWiz converters skip (and count) unparsable answer lines; every other official script
+    # stops with an exception, so there an unparsable line is an error here too.
+    skips_unparsable: ClassVar[bool] = False
+    metric_batch: ClassVar[int] = 512
+
+    def with_options(self, **changes: Any) -> Benchmark:
+        return dataclasses.replace(self, **changes)
+
+    def image_dir(self, data_root: str | Path) -> Path:
+        folder = Path(self.image_folder or self.default_image_folder)
+        return folder if folder.is_absolute() else Path(data_root) / folder
+
+    @abstractmethod
+    def questions(self, data_root: str | Path) -> list[Question]:
+        """All questions in the official order."""
+
+    @abstractmethod
+    def metric(self, data_root: str | Path | None = None) -> torchmetrics.Metric:
+        """A fresh metric; ``data_root`` supplies dataset metadata (category names, …) where needed."""
+
+    def score(
+        self,
+        predictions: PredictionFile | Sequence[Mapping[str, Any]] | str | Path | None,
+        data_root: str | Path,
+        judgments: Sequence[str | Path] | None = None,
+    ) -> dict[str, Any]:
+        """Score LLaVA-format answer records the way the official script does; see each module's notes.
+        Judge-scored benchmarks score the ``judgments`` files and accept ``predictions=None``."""
+        if predictions is None and not self.needs_judge:
+            raise PredictionsError(f"{self.name} is scored from a predictions file; none was given")
+        pf = PredictionFile(records=[]) if predictions is None else as_prediction_file(predictions)
+        if pf.n_unparsable and not self.skips_unparsable:
+            raise PredictionsError(pf.describe_unparsable() + f"; the official {self.name} script stops here")
+        ctx = ScoreContext()
+        ctx.count("n_predictions", len(pf.records))
+        if pf.n_unparsable:
+            ctx.warn(pf.describe_unparsable() + " (skipped, as the official converter does)")
+        ctx.count("n_unparsable", pf.n_unparsable)
+        scores = self._score(pf.records, Path(data_root), judgments, ctx)
+        result: dict[str, Any] = {"benchmark": self.name}
+        result.update(scores)
+        result.update(ctx.counts)
+        result["warnings"] = ctx.warnings
+        return result
+
+    @abstractmethod
+    def _score(
+        self,
+        records: list[dict[str, Any]],
+        data_root: Path,
+        judgments: Sequence[str | Path] | None,
+        ctx: ScoreContext,
+    ) -> dict[str, Any]:
+        """Benchmark-specific alignment and metric feeding; returns the sub-scores."""
+
+    def _feed(self, metric: torchmetrics.Metric, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """Update ``metric`` with parallel ``columns`` in batches, then compute."""
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) > 1:
+            raise AssertionError(
+                f"metric columns differ in length: { {k: len(v) for k, v in columns.items()} }"
+            )
+        total = lengths.pop() if lengths else 0
+        for start in range(0, total, self.metric_batch):
+            metric.update(**{k: list(v[start : start + self.metric_batch]) for k, v in columns.items()})
+        return metric.compute()
+
+
+def warn_stderr(messages: Iterable[str]) -> None:
+    for message in messages:
+        print(f"warning: {message}", file=sys.stderr)

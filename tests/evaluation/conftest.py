@@ -1,0 +1,69 @@
+"""Fixtures for the evaluation tests: the shared LLaVA eval samples and small file writers."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` next to the repository (override with ``LMM_SHARED_DIR``)."""
+    path = Path(os.environ.get("LMM_SHARED_DIR", REPO_ROOT.parent / "shared"))
+    if not (path / "fixtures" / "llava_eval_samples").is_dir():
+        pytest.fail(f"shared fixtures not found under {path} (clone ../shared or set LMM_SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def eval_samples(shared_dir: Path) -> Path:
+    """LLaVA's ``playground/data/eval`` sample layout (read-only)."""
+    return shared_dir / "fixtures" / "llava_eval_samples"
+
+
+def _write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_jsonl() -> Callable[[Path, Iterable[Any]], Path]:
+    return _write_jsonl
+
+
+@pytest.fixture
+def write_json() -> Callable[[Path, Any], Path]:
+    return _write_json
+
+
+def answer(question_id: Any, text: str, prompt: str = "q", **extra: Any) -> dict[str, Any]:
+    """A LLaVA answer record."""
+    record = {
+        "question_id": question_id,
+        "prompt": prompt,
+        "text": text,
+        "answer_id": f"a{question_id}",
+        "model_id": "test",
+        "metadata": {},
+    }
+    record.update(extra)
+    return record
+
+
+@pytest.fixture
+def make_answer() -> Callable[..., dict[str, Any]]:
+    return answer
