@@ -8,13 +8,13 @@ answers are identical to one-at-a-time decoding (tested).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 
 import torch
 
 from lmm.data.batch import Example, collate
 from lmm.data.images import ImageTransform
+from lmm.evaluation.answers import make_answer_record
 from lmm.models.llava import LlavaModel
 from lmm.text.templates import IMAGE_TOKEN, Template
 from lmm.text.tokenize import tokenize_prompt
@@ -58,16 +58,8 @@ def answer_questions(
                 tokenizer.pad_token_id,
             )
         for q, tokens in zip(chunk, out):
-            records.append(
-                {
-                    "question_id": q.question_id,
-                    "prompt": q.answer_prompt,
-                    "text": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                    "answer_id": uuid.uuid4().hex,
-                    "model_id": model_id,
-                    "metadata": {},
-                }
-            )
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            records.append(make_answer_record(q, text, model_id))
         if progress:
             progress(len(records), len(questions))
     return records

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.images import ImageTransform
+from lmm.evaluation.answers import write_answers
 from lmm.evaluation.benchmarks import get_benchmark
 from lmm.evaluation.generate import answer_questions
 from lmm.models.checkpoint import load_model_dir
@@ -112,8 +113,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         )
         seconds = time.perf_counter() - t0
         ans_path = out_dir / name / "answers.jsonl"
-        ans_path.parent.mkdir(parents=True, exist_ok=True)
-        ans_path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
+        write_answers(ans_path, answers)
         if bench.needs_judge:
             from lmm.evaluation.judge import run_judge
 
