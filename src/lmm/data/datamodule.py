@@ -1,0 +1,400 @@
+"""A LightningDataModule that trains from WebDataset shards: manifest selection → read → decode → prompt policy →
+``SampleProcessor`` → LLaVA grouping → collate.
+
+* **Selection** is exact and seed-deterministic through the manifest (:mod:`lmm.data.manifest`); source include /
+  weight / subsample come from the stage's mixture (:mod:`lmm.data.mixture`).
+* **Order** is LLaVA's modality-length grouping, or a plain shuffle, planned for all ranks at once
+  (:func:`lmm.data.sampler.plan_batches`): equal micro-batch counts per rank, disjoint samples, single-modality
+  optimizer steps. The plan depends on ``seed`` and the data epoch only.
+* **Reading**: workers read their micro-batches' samples straight from the tars by the manifest's member offsets and
+  take micro-batches round-robin, which PyTorch's loader returns in order: the batch sequence is the plan whatever
+  ``num_workers`` is. The dataset is an ``IterableDataset``, so Lightning adds no ``DistributedSampler``.
+* **Bad samples** at load time become :class:`Skipped` items (counted by ``collate`` in ``Batch.skipped``), never a
+  dead worker. Per epoch, planned = trained + skipped is logged; :meth:`ShardDataModule.counts` feeds MLflow.
+* **Resume**: ``state_dict()`` holds (data epoch, micro-batches processed) and a fingerprint of selection and plan;
+  after ``load_state_dict()`` iteration restarts exactly at that micro-batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from lmm.data.batch import Batch, Example, Skipped, collate
+from lmm.data.images import ImageLoadError
+from lmm.data.manifest import Manifest, epoch_items, select_rows
+from lmm.data.mixture import SourcedRecord, StageMixture, mixture_from_cfg, plain_config
+from lmm.data.processor import SampleProcessor
+from lmm.data.records import RecordError, parse_record
+from lmm.data.sampler import BatchPlan, plan_batches
+from lmm.data.shards import convert, decode_image, read_member
+from lmm.text.tokenize import IMAGE_TOKEN_INDEX
+
+log = logging.getLogger(__name__)
+
+
+def _identity(x):
+    return x
+
+
+def _digest(obj: Any, n: int = 12) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=n).hexdigest()
+
+
+class SampleReader:
+    """One manifest item ``(key, id, source, shard path, members)`` → :class:`Example`, or :class:`Skipped` with the
+    reason (``on_error="raise"`` raises instead)."""
+
+    def __init__(self, processor: SampleProcessor, on_error: str = "skip"):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.processor, self.on_error, self.handles = processor, on_error, {}
+
+    def _read(self, shard: str, span: list[int], sid: str) -> bytes:
+        try:
+            return read_member(shard, span, self.handles)
+        except OSError as e:
+            raise RecordError(sid, "unreadable_shard", f"{shard}: {e}") from None
+
+    def __call__(self, item: tuple) -> Example | Skipped:
+        key, sid, source, shard, members = item
+        try:
+            data = self._read(shard, members["json"], sid)
+            try:
+                meta = json.loads(data)
+                raw, exts = meta["record"], list(meta["images"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise RecordError(sid, "malformed_record", f"{shard}:{key}: {e}") from None
+            record = SourcedRecord(**vars(parse_record(raw)), source=source)
+            images = []
+            for ext in exts:
+                if ext not in members:
+                    raise RecordError(record.id, "missing_image", f"no member {key}.{ext} in {shard}")
+                try:
+                    images.append(decode_image(self._read(shard, members[ext], sid), f"{shard}:{key}.{ext}"))
+                except ImageLoadError as e:
+                    raise RecordError(record.id, e.reason, e.detail) from None
+            return self.processor(record, images, source)
+        except RecordError as e:
+            if self.on_error == "raise":
+                raise
+            log.warning("skipped %s", e)
+            return Skipped(e.sample_id, e.reason, e.detail)
+        except Exception as e:  # a bug must not kill a worker silently mid-epoch: counted, logged, or raised
+            if self.on_error == "raise":
+                raise
+            log.warning("skipped sample %r (%s): unexpected %s: %s", sid, key, type(e).__name__, e)
+            return Skipped(sid, "load_error", f"{type(e).__name__}: {e}")
+
+    def close(self) -> None:
+        for fd in self.handles.values():
+            os.close(fd)
+        self.handles.clear()
+
+
+class PlanDataset(IterableDataset):
+    """Yields this rank's collated micro-batches from ``start``; worker ``w`` of ``W`` takes ``start+w, start+w+W…``."""
+
+    def __init__(self, reader: SampleReader, pad_id: int, padding_side: str = "right"):
+        self.reader, self.pad_id, self.padding_side = reader, pad_id, padding_side
+        self.batches: list[list[tuple]] = []
+        self.start = 0
+        self.length = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        info = get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            for i in range(self.start + w, len(self.batches), n):
+                yield collate([self.reader(item) for item in self.batches[i]], self.pad_id, self.padding_side)
+        finally:
+            self.reader.close()
+
+
+class PlanLoader(DataLoader):
+    """Starts each epoch at the data module's plan position and tallies what it yields; resumable through the data
+    module, to which ``state_dict`` / ``load_state_dict`` delegate (so Lightning sees a resumable loader)."""
+
+    def __init__(self, datamodule: ShardDataModule, dataset: PlanDataset, num_workers: int = 0):
+        super().__init__(dataset, batch_size=None, collate_fn=_identity, num_workers=num_workers,
+                         persistent_workers=False)
+        self.datamodule = datamodule
+
+    def __iter__(self):
+        self.datamodule._begin_epoch()
+        return self.datamodule._tally(super().__iter__())
+
+    def state_dict(self) -> dict:
+        return self.datamodule.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.datamodule.load_state_dict(state)
+
+
+class ShardDataModule(L.LightningDataModule):
+    def __init__(self, mixture: StageMixture, processor: SampleProcessor, micro_batch_size: int, grad_accum: int,
+                 pad_id: int, seed: int, *, stage_name: str = "train", num_workers: int = 0, on_error: str = "skip",
+                 padding_side: str = "right", num_image_tokens: int | None = None, max_length: int | None = None,
+                 cache_dir: str | Path | None = None, synthetic: dict | None = None, rank: int | None = None,
+                 world_size: int | None = None):
+        super().__init__()
+        self.mixture, self.stage_name, self.seed = mixture, stage_name, seed
+        self.micro_batch_size, self.grad_accum, self.num_workers = micro_batch_size, grad_accum, num_workers
+        self.num_image_tokens, self.max_length, self.synthetic = num_image_tokens, max_length, synthetic
+        policy = mixture.policy()
+        if policy is not None and processor.prompt_policy is not None:
+            inner, outer = policy, processor.prompt_policy
+            policy = lambda r: outer(inner(r))  # noqa: E731
+        self.processor = SampleProcessor(processor.tokenizer, processor.template, processor.image_transform,
+                                         policy or processor.prompt_policy)
+        self.dataset = PlanDataset(SampleReader(self.processor, on_error), pad_id, padding_side)
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "lmm")
+        self._shard_dir: Path | None = Path(mixture.shards) if mixture.shards else None
+        self._rank, self._world = rank, world_size
+        self.manifest: Manifest | None = None
+        self.selected: list[int] = []  # manifest rows of the mixture (include / subsample)
+        self._plans: dict[int, BatchPlan] = {}
+        self._epoch, self._start, self._iterated, self._next_epoch = 0, 0, False, None
+        self._tallies: list[tuple] = []
+        self._done = Counter()  # progress of finished epochs (and restored from a checkpoint)
+        self._resume: tuple[int, int] | None = None  # (data epoch, micro-batch) restored from a checkpoint
+        self._fingerprint = ""
+
+    @property
+    def shard_dir(self) -> Path:
+        """The configured shard folder, or the cache folder of an on-demand conversion: named by a hash of the
+        source JSON (path, size, mtime) and the conversion options, so a changed input or option converts anew."""
+        if self._shard_dir is not None:
+            return self._shard_dir
+        m, src = self.mixture, Path(self.mixture.json)
+        stat = src.stat() if src.is_file() else None
+        key = [str(src.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, m.image_folder, m.rules,
+               m.unknown_source, m.shard_size, m.verify_images, self._token_options()]
+        folder = self.cache_dir / "shards" / f"{self.stage_name}-{_digest(key, 6)}"
+        if stat is not None:  # before the JSON exists (a twin not yet written) the name is provisional
+            self._shard_dir = folder
+        return folder
+
+    def _token_options(self) -> dict:
+        return {"tokenizer": getattr(self.processor.tokenizer, "name_or_path", None), "max_length": self.max_length,
+                "template": self.processor.template.name, "image_tokens": self.num_image_tokens}
+
+    def prepare_data(self) -> None:
+        """Write the synthetic twin if configured, and convert the stage's JSON into shards (idempotent)."""
+        if self.synthetic:
+            from lmm.data.synthetic import write_synthetic
+
+            write_synthetic(**self.synthetic)
+        if self.mixture.shards:
+            return
+        m = self.mixture
+        convert(m.json, m.image_folder, self.shard_dir, workers=m.convert_workers, shard_size=m.shard_size,
+                rules=m.rules, unknown_source=m.unknown_source, tokenizer=self.processor.tokenizer,
+                template=self.processor.template, verify_images=m.verify_images,
+                num_image_tokens=self.num_image_tokens, max_length=self.max_length, echo=log.info)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.manifest is not None:
+            return
+        if self.trainer is not None:
+            self._rank = self.trainer.global_rank if self._rank is None else self._rank
+            self._world = self.trainer.world_size if self._world is None else self._world
+        self._rank, self._world = self._rank or 0, self._world or 1
+        if self.trainer is None and not (self.shard_dir / "manifest.jsonl").is_file():
+            self.prepare_data()
+        self.manifest = man = Manifest.load(self.shard_dir)
+        m = self.mixture
+        self.selected = select_rows(man, m.subsample, m.subsample_map(), m.include_map(), m.subsample_seed,
+                                    m.default_include)
+        sizes = man.source_counts()
+        for s, spec in m.sources.items():
+            if spec.include and spec.count is not None and sizes.get(s, 0) != spec.count:
+                log.warning("source %s: %d samples in %s, the mixture table says %d", s, sizes.get(s, 0),
+                            self.shard_dir, spec.count)
+        plan = self.plan(0)
+        if plan.micro_batches_per_rank == 0:
+            raise ValueError(f"{len(self.selected)} selected sample(s) in {self.shard_dir} make no batch for "
+                             f"{self._world} rank(s); select more data")
+        self.dataset.length = plan.micro_batches_per_rank
+        self._fingerprint = _digest([[man.keys[i] for i in self.selected], self.micro_batch_size, self._world,
+                                     self.grad_accum, self.seed, m.group_by_modality_length, m.weight_map()])
+        log.info("%s: %d of %d samples selected (%s); %d micro-batches per rank per epoch on %d rank(s)",
+                 self.stage_name, len(self.selected), len(man), dict(Counter(man.sources[i] for i in self.selected)),
+                 plan.micro_batches_per_rank, self._world)
+
+    def plan(self, epoch: int) -> BatchPlan:
+        """The epoch's batch plan over :meth:`epoch_rows` (cached); identical on every rank."""
+        if epoch not in self._plans:
+            rows = self.epoch_rows(epoch)
+            gen = torch.Generator().manual_seed(int(_digest([self.seed, epoch], 7), 16))
+            self._plans = {epoch: plan_batches([self.manifest.modality_length(i) for i in rows],
+                                               self.micro_batch_size, self._world, self.grad_accum, gen,
+                                               self.mixture.group_by_modality_length)}
+        return self._plans[epoch]
+
+    def epoch_rows(self, epoch: int) -> list[int]:  # the selection, with source weights applied
+        return epoch_items(self.manifest, self.selected, self.mixture.weight_map(), self.seed, epoch)
+
+    def rank_rows(self, epoch: int, rank: int | None = None) -> list[list[int]]:
+        """Manifest rows of each micro-batch of ``rank`` (default: this rank) in ``epoch``."""
+        rows = self.epoch_rows(epoch)
+        return [[rows[i] for i in mb] for mb in self.plan(epoch).rank_batches(self._rank if rank is None else rank)]
+
+    def train_dataloader(self) -> PlanLoader:
+        return PlanLoader(self, self.dataset, self.num_workers)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate data epoch ``epoch`` next (by default epochs follow one another from 0)."""
+        self._next_epoch = epoch
+
+    def _begin_epoch(self) -> None:
+        """Data epoch and start: a restored position, else :meth:`set_epoch`'s, else the next epoch. (Lightning's
+        epoch counter moves on when ``max_steps`` stops a run mid-epoch; the data position must not.)"""
+        self.setup("fit")
+        self._done.update(self._progress(self._tallies))  # the previous iteration is over
+        if self._resume is not None:
+            (epoch, start), self._resume = self._resume, None
+        elif self._next_epoch is not None:
+            epoch, start, self._next_epoch = self._next_epoch, 0, None
+        else:
+            epoch, start = (self._epoch + 1 if self._iterated else 0), 0
+        if start >= self.plan(epoch).micro_batches_per_rank:
+            epoch, start = epoch + 1, 0
+        man = self.manifest
+        shards = {s: str(self.shard_dir / s) for s in set(man.shards)}
+        self.dataset.batches = [[(man.keys[i], man.ids[i], man.sources[i], shards[man.shards[i]], man.members[i])
+                                 for i in mb] for mb in self.rank_rows(epoch)]
+        self.dataset.start, self._epoch, self._start, self._tallies, self._iterated = start, epoch, start, [], True
+        self.dataset.length = len(self.dataset.batches)  # constant unless a fractional weight changes modalities
+
+    def _tally(self, batches):  # runs in the main process, on what the loader yields
+        try:
+            for batch in batches:
+                self._tallies.append(self._batch_counts(batch))
+                if self._start + len(self._tallies) == len(self.dataset.batches):
+                    self._log_epoch()
+                yield batch
+        finally:
+            if hasattr(batches, "_shutdown_workers"):
+                batches._shutdown_workers()
+
+    def _batch_counts(self, batch: Batch) -> tuple:
+        over = 0
+        if self.num_image_tokens is not None and self.max_length is not None and len(batch):
+            markers = (batch.input_ids == IMAGE_TOKEN_INDEX).sum(1)
+            spliced = batch.attention_mask.sum(1) + markers * (self.num_image_tokens - 1)
+            over = int((spliced > self.max_length).sum())
+        return len(batch), Counter(batch.skipped), over
+
+    @staticmethod
+    def _progress(tallies: list[tuple]) -> Counter:
+        c = Counter()
+        for n, skipped, over in tallies:
+            c["planned"] += n + sum(skipped.values())
+            c["trained"] += n
+            c["over_length"] += over
+            for reason, k in skipped.items():
+                c[f"skipped_{reason}"] += k
+        return c
+
+    def _log_epoch(self) -> None:  # every planned micro-batch of the epoch is loaded
+        c = self._progress(self._tallies)
+        skipped = {k[8:]: v for k, v in c.items() if k.startswith("skipped_")}
+        log.info("%s epoch %d rank %d/%d%s: planned %d = trained %d + skipped %d%s; over max_length %d; "
+                 "dropped by the plan (all ranks) %d", self.stage_name, self._epoch, self._rank, self._world,
+                 f" (from micro-batch {self._start})" if self._start else "", c["planned"], c["trained"],
+                 sum(skipped.values()), f" {dict(skipped)}" if skipped else "", c["over_length"],
+                 len(self.plan(self._epoch).dropped))
+
+    def _position(self) -> tuple[int, int]:
+        """(data epoch, micro-batches of it trained). Under a trainer, what its loop has *processed* (it prefetches
+        one batch ahead); before Lightning resets its counter for a new epoch, as many as were loaded."""
+        loaded = self._start + len(self._tallies)
+        try:
+            processed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        except AttributeError:  # no trainer (or no fit loop)
+            return self._epoch, loaded
+        return self._epoch, processed if self._start <= processed <= loaded else loaded
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, position = self._position()
+        progress = self._done + self._progress(self._tallies[: position - self._start])
+        return {"version": 1, "fingerprint": self._fingerprint, "epoch": epoch, "position": position,
+                "progress": dict(progress)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if state.get("version") != 1:
+            raise ValueError(f"unknown data state version {state.get('version')!r}")
+        self.setup("fit")
+        if state["fingerprint"] != self._fingerprint:
+            raise ValueError("the checkpoint's data position belongs to another selection or batch plan (data, "
+                             "mixture, seed, micro batch, ranks or accumulation changed): resuming would repeat or "
+                             "skip samples")
+        self._resume = (int(state["epoch"]), int(state["position"]))
+        self._done = Counter(state.get("progress", {}))
+        self._tallies, self._start = [], 0
+
+    def counts(self, all_ranks: bool = False) -> dict[str, float]:
+        """Conversion, selection and loading counts (``data/...``) for MLflow. Loading counts (planned, trained,
+        skipped_*, over_length) are this rank's; ``all_ranks=True`` sums them over the ranks — a collective call,
+        to be made on every rank."""
+        man = self.manifest
+        rep = man.report if man is not None else {}
+        out: dict[str, float] = {}
+        progress = self._done + self._progress(self._tallies)
+        if all_ranks and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[dict] = [{} for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(gathered, dict(progress))
+            progress = sum((Counter(g) for g in gathered), Counter())
+        if rep:
+            out.update({"data/records_in": rep["records_in"], "data/converted": rep["converted"],
+                        "data/rejected": rep["rejected"], "data/empty_shards": len(rep.get("empty_shards", []))})
+            out.update({f"data/rejected_{r}": n for r, n in rep.get("rejected_by_reason", {}).items()})
+        if man is not None:
+            out["data/selected"] = len(self.selected)
+            out.update({f"data/selected_{s}": n for s, n in Counter(man.sources[i] for i in self.selected).items()})
+        out.update({f"data/{k}": progress.get(k, 0) for k in ("planned", "trained", "over_length", *progress)})
+        if self._plans:
+            out["data/dropped_by_plan_per_epoch"] = len(self.plan(self._epoch).dropped)
+        out["data/skipped"] = sum(v for k, v in progress.items() if k.startswith("skipped_"))
+        return {k: float(v) for k, v in out.items()}
+
+
+def build_datamodule(data_cfg: Any, stage_name: str, processor: SampleProcessor, micro_batch_size: int,
+                     grad_accum: int, pad_id: int, seed: int, *, num_image_tokens: int | None = None,
+                     max_length: int | None = None, padding_side: str = "right", num_workers: int | None = None,
+                     rank: int | None = None, world_size: int | None = None) -> ShardDataModule:
+    """The data module of stage ``stage_name`` from the Hydra ``data`` node (see ``conf/data/*shards*.yaml``).
+
+    ``data_cfg[stage_name]`` is the stage's mixture (:func:`lmm.data.mixture.mixture_from_cfg`); top-level keys:
+    ``num_workers``, ``on_error`` (skip | raise), ``shard_cache`` (where on-demand conversions go) and, with
+    ``kind: synthetic``, the twin's ``root / n_pretrain / n_finetune / text_only_share / image_size / seed``.
+    ``num_image_tokens`` + ``max_length`` enable the over-length count (text tokens + image tokens after the splice).
+    Rank and world size come from the trainer unless given."""
+    cfg = plain_config(data_cfg)
+    if stage_name not in cfg:
+        raise ValueError(f"the data config has no stage {stage_name!r}; it has {sorted(k for k in cfg)}")
+    synthetic = None
+    if cfg.get("kind") == "synthetic":
+        synthetic = {k: cfg[k] for k in ("root", "n_pretrain", "n_finetune", "text_only_share", "image_size", "seed")
+                     if k in cfg}
+    return ShardDataModule(
+        mixture_from_cfg(cfg[stage_name]), processor, micro_batch_size, grad_accum, pad_id, seed,
+        stage_name=stage_name, num_workers=cfg.get("num_workers", 0) if num_workers is None else num_workers,
+        on_error=cfg.get("on_error", "skip"), padding_side=padding_side, num_image_tokens=num_image_tokens,
+        max_length=max_length, cache_dir=cfg.get("shard_cache"), synthetic=synthetic, rank=rank,
+        world_size=world_size)

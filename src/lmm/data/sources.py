@@ -1,0 +1,155 @@
+"""Which source a LLaVA record comes from, by ordered rules on its id, image path and prompt text (spec §2.2).
+
+The 665K mixture has no source field: the source is read off the image folder (``gqa/``, ``ocr_vqa/``,
+``textvqa/``, ``vg/``, ``coco/``), the response-format prompt (A-OKVQA's option-letter suffix, the short-answer
+suffix, TextCaps' caption prompt) and the region-level prompts (RefCOCO on COCO images). Rules are tried in order and
+the first match wins; a rule set is a built-in name or a list of dicts (Hydra config / YAML / JSON file), so a
+project can override every rule. A record no rule matches is rejected (``unknown_source``) or tagged, per config.
+
+Known limit: VQAv2 and OKVQA share COCO images and the short-answer suffix, so path + prompt cannot tell them apart;
+both are tagged ``vqav2`` unless an override rule (e.g. ``id_prefix`` / ``id_regex``) names OKVQA's samples.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmm.data.records import Record, RecordError
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+OPTION_LETTER = "Answer with the option's letter from the given choices directly."
+ONE_SENTENCE_CAPTION = "Provide a one-sentence caption for the provided image."
+REGION_DESCRIPTION = "Please provide a short description for this region:"
+REGION_BBOX = "Please provide the bounding box coordinate of the region this sentence describes:"
+
+SOURCES_665K = ("llava_instruct", "sharegpt", "vqav2", "gqa", "okvqa", "ocrvqa", "aokvqa", "textcaps", "refcoco",
+                "vg")
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """All given conditions must hold. Prefixes and phrases are alternatives (any of them)."""
+
+    source: str
+    image_prefix: tuple[str, ...] = ()   # on the first image path
+    prompt_contains: tuple[str, ...] = ()  # in any human turn
+    id_prefix: tuple[str, ...] = ()
+    id_regex: str | None = None
+    has_image: bool | None = None
+
+    def matches(self, record: Record) -> bool:
+        if self.has_image is not None and record.has_image != self.has_image:
+            return False
+        if self.image_prefix and not (record.images and record.images[0].lstrip("./").startswith(self.image_prefix)):
+            return False
+        if self.id_prefix and not record.id.startswith(self.id_prefix):
+            return False
+        if self.id_regex is not None and not re.search(self.id_regex, record.id):
+            return False
+        if self.prompt_contains and not any(p in h for h, _ in record.turns for p in self.prompt_contains):
+            return False
+        return True
+
+
+def _tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _rule(source: str, image_prefix: Any = (), prompt_contains: Any = (), id_prefix: Any = (),
+          id_regex: str | None = None, has_image: bool | None = None) -> SourceRule:
+    return SourceRule(str(source), _tuple(image_prefix), _tuple(prompt_contains), _tuple(id_prefix), id_regex,
+                      None if has_image is None else bool(has_image))
+
+
+# llava_v1_5_mix665k.json, laid out as the official playground/data (README "Train"; spec §2.2).
+RULES_665K = (
+    _rule("sharegpt", has_image=False),
+    _rule("gqa", image_prefix="gqa/"),
+    _rule("ocrvqa", image_prefix="ocr_vqa/"),
+    _rule("textcaps", image_prefix="textvqa/"),
+    _rule("vg", image_prefix="vg/"),
+    _rule("aokvqa", image_prefix="coco/", prompt_contains=OPTION_LETTER),
+    _rule("refcoco", image_prefix="coco/", prompt_contains=(REGION_DESCRIPTION, REGION_BBOX)),
+    _rule("vqav2", image_prefix="coco/", prompt_contains=SHORT_ANSWER),  # OKVQA too: see the module docstring
+    _rule("llava_instruct", image_prefix="coco/"),
+)
+# blip_laion_cc_sbu_558k.json: one source, every record has an image.
+RULES_558K = (_rule("lcs558k", has_image=True),)
+# The synthetic twin: ids are prefixed by their kind (cap-, vqa-, conv-, text-) or by a 665K source name.
+RULES_SYNTHETIC = (
+    _rule("lcs558k", id_prefix="cap-"),
+    _rule("vqav2", id_prefix="vqa-"),
+    _rule("llava_instruct", id_prefix="conv-"),
+    _rule("sharegpt", id_prefix="text-"),
+    *(_rule(s, id_prefix=f"{s}-") for s in SOURCES_665K),
+)
+RULE_SETS: dict[str, tuple[SourceRule, ...]] = {
+    "llava_mix665k": RULES_665K, "lcs558k": RULES_558K, "synthetic": RULES_SYNTHETIC,
+}
+
+
+def parse_rules(spec: str | Sequence[Mapping[str, Any]] | None) -> tuple[SourceRule, ...]:
+    """A built-in rule-set name, a path to a YAML/JSON list of rule dicts, or such a list itself."""
+    if spec is None:
+        return ()
+    if isinstance(spec, str):
+        if spec in RULE_SETS:
+            return RULE_SETS[spec]
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"unknown source rule set {spec!r}: not a file, and not one of {sorted(RULE_SETS)}")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            spec = yaml.safe_load(text)
+        else:
+            spec = json.loads(text)
+        if not isinstance(spec, list):
+            raise ValueError(f"{path} must hold a list of source rules")
+    rules = []
+    for k, item in enumerate(spec):
+        item = dict(item)
+        if "extends" in item:  # {"extends": "llava_mix665k"} splices a built-in set at this point
+            rules.extend(parse_rules(str(item["extends"])))
+            continue
+        if "source" not in item:
+            raise ValueError(f"source rule {k} has no 'source': {item}")
+        unknown = set(item) - set(SourceRule.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"source rule {k} has unknown field(s) {sorted(unknown)}; known: "
+                             f"{sorted(SourceRule.__dataclass_fields__)}")
+        rules.append(_rule(item.pop("source"), **item))
+    return tuple(rules)
+
+
+class SourceTagger:
+    """``tagger(record) -> source``; an unmatched record raises ``RecordError(id, "unknown_source")`` or, with
+    ``unknown="tag"``, is tagged ``unknown_name``. No rules at all tags everything ``unknown_name``."""
+
+    def __init__(self, rules: str | Sequence[Mapping[str, Any]] | Iterable[SourceRule] | None,
+                 unknown: str = "reject", unknown_name: str = "unknown"):
+        if unknown not in ("reject", "tag"):
+            raise ValueError(f"unknown_source must be 'reject' or 'tag', got {unknown!r}")
+        if isinstance(rules, str) or rules is None:
+            self.rules = parse_rules(rules)
+        else:
+            items = list(rules)
+            self.rules = tuple(items) if all(isinstance(r, SourceRule) for r in items) else parse_rules(items)
+        self.unknown, self.unknown_name = unknown, unknown_name
+
+    def __call__(self, record: Record) -> str:
+        for rule in self.rules:
+            if rule.matches(record):
+                return rule.source
+        if self.unknown == "tag" or not self.rules:
+            return self.unknown_name
+        where = record.images[0] if record.images else "no image"
+        raise RecordError(record.id, "unknown_source", f"no source rule matches ({where})")
