@@ -49,11 +49,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     import mlflow
 
     if cfg.get("synthetic_benchmarks"):
-        from lmm.data.synthetic_benchmarks import write_synthetic_benchmarks
+        from lmm.data.synth.benchmarks import write_synthetic_benchmarks
 
-        write_synthetic_benchmarks(
-            cfg.data_root, cfg.synthetic_benchmarks.n_images, cfg.synthetic_benchmarks.image_size
-        )
+        write_synthetic_benchmarks(cfg.data_root, cfg.synthetic_benchmarks.n_images,
+                                   cfg.synthetic_benchmarks.image_size, names=list(cfg.benchmarks))
     model_dir = resolve_model_dir(cfg.checkpoint)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, spec = load_model_dir(model_dir, device)

@@ -1,0 +1,223 @@
+"""Synthetic twins of every training source, in the official file layout and record format.
+
+``write_llava_data(root)`` writes what LLaVA's README puts under ``playground/data``:
+``LLaVA-Pretrain/blip_laion_cc_sbu_558k.json`` + ``LLaVA-Pretrain/images/`` (stage 1) and
+``llava_v1_5_mix665k.json`` with images under ``coco/train2017/``, ``gqa/images/``, ``ocr_vqa/images/``,
+``textvqa/train_images/``, ``vg/VG_100K/`` (stage 2). Every source carries the exact response-format prompt of its
+real counterpart (spec §2.2), so the same source rules, mixtures and format-prompt policies apply to both; the
+per-source shares follow the 665K table. Deterministic under ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from lmm.data.synth.scenes import COLORS, NUMBER_WORDS, SHAPES, Scene, make_scene, render
+
+SHORT = "Answer the question using a single word or phrase."
+LETTER = "Answer with the option's letter from the given choices directly."
+CAPTION = "Provide a one-sentence caption for the provided image."
+REGION_DESC = "Please provide a short description for this region: {box}."
+REGION_BOX = "Please provide the bounding box coordinate of the region this sentence describes: {expr}."
+LCS_PROMPTS = ("Render a clear and concise summary of the photo.", "Give a brief description of the image.",
+               "Write a terse but informative summary of the picture.", "Share a concise interpretation of the image "
+               "provided.", "Describe the image concisely.", "Summarize the visual content of the image.")
+DETAIL_PROMPTS = ("Describe the following image.", "Explain the visual content of the image in great detail.",
+                  "Can you elaborate on the elements of the picture provided?")
+CORNERS = {"circle": 0, "square": 4, "triangle": 3}
+# spec §2.2: exact counts of llava_v1_5_mix665k.json; the twin keeps the shares.
+MIX665K_COUNTS = {"llava_instruct": 157712, "sharegpt": 40688, "vqav2": 82783, "gqa": 72140, "okvqa": 8998,
+                  "ocrvqa": 80000, "aokvqa": 66160, "textcaps": 21953, "refcoco": 48447, "vg": 86417}
+IMAGE_DIRS = {"llava_instruct": "coco/train2017", "vqav2": "coco/train2017", "okvqa": "coco/train2017",
+              "aokvqa": "coco/train2017", "refcoco": "coco/train2017", "gqa": "gqa/images",
+              "ocrvqa": "ocr_vqa/images", "textcaps": "textvqa/train_images", "vg": "vg/VG_100K"}
+TEXT_SOURCES = {"ocrvqa", "textcaps"}
+SYNTH_VERSION = 1
+
+
+def fmt_box(box: list[float]) -> str:
+    return "[" + ", ".join(repr(v) for v in box) + "]"
+
+
+def short_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    o = rng.choice(scene.objects)
+    absent = [s for s in SHAPES if s not in scene.shapes()]
+    pairs = [(f"What color is the {o.shape} on the {o.side}?" if o.side != "middle" else
+              f"What color is the {o.shape} in the middle?", o.color),
+             ("How many shapes are there?", str(len(scene.objects))),
+             (f"Is there a {o.shape} in the image?", "Yes"),
+             (f"Is the {o.color} {o.shape} large or small?", o.size)]
+    if absent:
+        pairs.append((f"Is there a {rng.choice(absent)} in the image?", "No"))
+    rng.shuffle(pairs)
+    return pairs[: rng.randint(2, 4)]
+
+
+def gqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    o = rng.choice(scene.objects)
+    pairs = [(f"Which side is the {o.color} {o.shape} on?", o.side), (f"What shape is on the {o.side}?"
+             if o.side != "middle" else "What shape is in the middle?", o.shape)]
+    if len(scene.objects) > 1:
+        a, b = rng.sample(scene.objects, 2)
+        rel = "left" if a.column < b.column else "right"
+        pairs.append((f"Is the {a.shape} to the left or to the right of the {b.color} {b.shape}?", rel))
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _conv(image: str | None, turns: list[tuple[str, str]], sid: str) -> dict:
+    conv = []
+    for k, (q, a) in enumerate(turns):
+        conv += [{"from": "human", "value": ("<image>\n" + q) if (k == 0 and image) else q},
+                 {"from": "gpt", "value": a}]
+    rec = {"id": sid, "conversations": conv}
+    if image:
+        rec["image"] = image
+    return rec
+
+
+def gen_llava_instruct(scene, rng, size):
+    kind = rng.random()
+    if kind < 0.4:
+        o = rng.choice(scene.objects)
+        return [("What objects can you see in the image?", f"I can see {len(scene.objects)} shape"
+                 f"{'s' if len(scene.objects) > 1 else ''}: " + scene.caption()[0].lower() + scene.caption()[1:]),
+                (f"What color is the {o.shape}?", f"The {o.shape} is {o.color}.")]
+    if kind < 0.7:
+        extra = f" There {'is' if len(scene.objects) == 1 else 'are'} {NUMBER_WORDS[len(scene.objects)]} " \
+                f"shape{'s' if len(scene.objects) > 1 else ''} on a grey background."
+        return [(rng.choice(DETAIL_PROMPTS), scene.caption() + extra)]
+    o = rng.choice(scene.objects)
+    return [(f"Could the {o.color} {o.shape} roll away if the table were tilted? Explain.",
+             f"{'Yes' if o.shape == 'circle' else 'No'}, because a {o.shape} "
+             f"{'has no corners and can roll' if o.shape == 'circle' else f'has {CORNERS[o.shape]} corners and flat sides'}.")]
+
+
+def gen_vqav2(scene, rng, size):
+    return [(q + "\n" + SHORT, a) for q, a in short_pairs(scene, rng)]
+
+
+def gen_okvqa(scene, rng, size):
+    o = rng.choice(scene.objects)
+    return [(f"How many corners does a shape like the {o.color} one have?\n{SHORT}"
+             if scene.count(color=o.color) == 1 else f"How many corners does the {o.shape} have?\n{SHORT}",
+             str(CORNERS[o.shape]))]
+
+
+def gen_gqa(scene, rng, size):
+    return [(q + "\n" + SHORT, a) for q, a in gqa_pairs(scene, rng)]
+
+
+def gen_ocrvqa(scene, rng, size):
+    return [(f"What word is written in the image?\n{SHORT}", scene.text),
+            (f"What color is the text?\n{SHORT}", scene.text_color)]
+
+
+def gen_aokvqa(scene, rng, size):
+    o = rng.choice(scene.objects)
+    options = rng.sample([c for c in COLORS if c != o.color], 3) + [o.color]
+    rng.shuffle(options)
+    letters = "ABCD"
+    q = f"What color is the {o.shape}?\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(options))
+    return [(q + "\n" + LETTER, letters[options.index(o.color)])]
+
+
+def gen_textcaps(scene, rng, size):
+    o = scene.objects[0]
+    return [(CAPTION, f'A sign with the word "{scene.text}" above {o.phrase()}.')]
+
+
+def _region_turns(scene, rng, size, n_max):
+    turns = []
+    for o in rng.sample(scene.objects, min(len(scene.objects), n_max)):
+        box = fmt_box(scene.norm_box(o, size))
+        if rng.random() < 0.5:
+            turns.append((REGION_DESC.format(box=box), f"{o.size} {o.color} {o.shape}"))
+        else:
+            turns.append((REGION_BOX.format(expr=f"{o.size} {o.color} {o.shape}"), box))
+    return turns
+
+
+def gen_refcoco(scene, rng, size):
+    return _region_turns(scene, rng, size, 3)
+
+
+def gen_vg(scene, rng, size):
+    return _region_turns(scene, rng, size, 3)
+
+
+def gen_sharegpt(rng):
+    turns = []
+    for _ in range(rng.randint(1, 3)):
+        a, b = rng.randint(0, 5), rng.randint(0, 4)
+        if rng.random() < 0.5:
+            turns.append((f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."))
+        else:
+            turns.append((f"Spell the number {a} as a word.", f"The number {a} is written as {NUMBER_WORDS[a]}."))
+    return turns
+
+
+GENERATORS: dict[str, Callable] = {
+    "llava_instruct": gen_llava_instruct, "vqav2": gen_vqav2, "okvqa": gen_okvqa, "gqa": gen_gqa,
+    "ocrvqa": gen_ocrvqa, "aokvqa": gen_aokvqa, "textcaps": gen_textcaps, "refcoco": gen_refcoco, "vg": gen_vg,
+}
+
+
+def source_counts(total: int) -> dict[str, int]:
+    """Per-source sample counts for a ``total``-sample twin, in the 665K shares (every source ≥ 1)."""
+    full = sum(MIX665K_COUNTS.values())
+    return {s: max(1, round(total * c / full)) for s, c in MIX665K_COUNTS.items()}
+
+
+def write_llava_data(root: str | Path, n_pretrain: int = 512, n_finetune: int = 1500, image_size: int = 64,
+                     seed: int = 0, aspects=(1.0, 4 / 3, 3 / 4)) -> Path:
+    """Write the stage-1 and stage-2 twins under ``root`` (idempotent per parameters)."""
+    root = Path(root)
+    stamp = root / f".done-v{SYNTH_VERSION}-{n_pretrain}-{n_finetune}-{image_size}-{seed}"
+    if stamp.exists():
+        return root
+    rng = random.Random(seed)
+    pre_dir = root / "LLaVA-Pretrain"
+    pretrain = []
+    for k in range(n_pretrain):
+        scene = make_scene(rng, aspects=aspects)
+        rel = f"{k // 1000:05d}/{k:09d}.jpg"
+        (pre_dir / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+        render(scene, image_size).save(pre_dir / "images" / rel, quality=95)
+        cap = scene.caption()
+        pretrain.append(_conv(rel, [(rng.choice(LCS_PROMPTS), cap[0].lower() + cap[1:-1])], f"{k:09d}"))
+    (pre_dir / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(pretrain, indent=1))
+
+    mix = []
+    for source, n in source_counts(n_finetune).items():
+        for k in range(n):
+            sid = f"{source}-{k:06d}"
+            if source == "sharegpt":
+                mix.append(_conv(None, gen_sharegpt(rng), sid))
+                continue
+            scene = make_scene(rng, text_prob=1.0 if source in TEXT_SOURCES else 0.0, aspects=aspects)
+            rel = f"{IMAGE_DIRS[source]}/{sid}.jpg"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            render(scene, image_size).save(root / rel, quality=95)
+            mix.append(_conv(rel, GENERATORS[source](scene, rng, image_size), sid))
+    random.Random(seed + 1).shuffle(mix)
+    (root / "llava_v1_5_mix665k.json").write_text(json.dumps(mix, indent=1))
+    stamp.touch()
+    return root
+
+
+def corpus(seed: int = 0, n: int = 400) -> list[str]:
+    """Text of every source (for the tiny tokenizer)."""
+    rng = random.Random(seed)
+    lines: list[str] = list(LCS_PROMPTS) + list(DETAIL_PROMPTS) + [SHORT, LETTER, CAPTION]
+    for _ in range(n):
+        scene = make_scene(rng, text_prob=0.5)
+        lines.append(scene.caption())
+        for gen in GENERATORS.values():
+            lines += [f"{q} {a}" for q, a in gen(scene if scene.text or gen not in (gen_ocrvqa, gen_textcaps)
+                                                  else make_scene(rng, text_prob=1.0), rng, 336)]
+        lines += [f"{q} {a}" for q, a in gen_sharegpt(rng)]
+    return lines
