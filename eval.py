@@ -13,7 +13,7 @@ from omegaconf import DictConfig  # noqa: E402
 def main(cfg: DictConfig) -> None:
     from lmm.evaluation.run import run_eval
 
-    out = run_eval(cfg)
+    out = run_eval(cfg.eval, cfg.checkpoint, cfg.output_dir)
     for name, scores in out["results"].items():
         print(f"[{name}] " + json.dumps(scores, default=str)[:600])
     print(f"answers and scores: {out['output_dir']}; MLflow run {out['run_id']} in {out['tracking_uri']}")

@@ -16,6 +16,8 @@ def main(cfg: DictConfig) -> float | None:
     for name, st in result["stages"].items():
         print(f"[{name}] loss {st['first_loss']:.4f} -> {st['last_loss']:.4f} ({st['steps']} steps); "
               f"checkpoint: {st['checkpoint']}; model: {st['model_dir']}; mlflow run: {st['mlflow_run_id']}")
+    for name, scores in (result.get("eval") or {}).get("results", {}).items():
+        print(f"[eval {name}] score: {scores.get('score', scores.get('skipped', scores.get('note')))}")
     print(f"MLflow store: {result['tracking_uri']}  (make ui)")
     last = list(result["stages"].values())[-1] if result["stages"] else None
     return last["last_loss"] if last else None

@@ -25,8 +25,8 @@ def main(argv=None) -> dict:
     import yaml
 
     from lmm.data.images import ImageTransform
-    from lmm.data.synthetic import tokenizer_corpus
     from lmm.data.synth.benchmarks import write_synthetic_benchmarks
+    from lmm.data.synthetic import tokenizer_corpus
     from lmm.evaluation.benchmarks import get_benchmark
     from lmm.evaluation.generate import answer_questions
     from lmm.evaluation.run import resolve_model_dir

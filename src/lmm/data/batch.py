@@ -19,6 +19,8 @@ class Example:
     labels: list[int]
     pixel_values: torch.Tensor | None = None
     source: str = ""
+    # HD only (lmm.data.hd_cells): one layout row per image; pixel_values then holds every view of every image.
+    image_grids: torch.Tensor | None = None
 
     @property
     def fully_masked(self) -> bool:
@@ -44,6 +46,7 @@ class Batch:
     sources: list[str] = field(default_factory=list)
     n_fully_masked: int = 0
     skipped: Counter = field(default_factory=Counter)
+    image_grids: torch.Tensor | None = None  # HD: [N_images, 7] layouts (lmm.data.hd_cells), else None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -51,7 +54,7 @@ class Batch:
     def to(self, device) -> "Batch":
         mv = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch(mv(self.input_ids), mv(self.attention_mask), mv(self.labels), mv(self.pixel_values),
-                     self.ids, self.sources, self.n_fully_masked, self.skipped)
+                     self.ids, self.sources, self.n_fully_masked, self.skipped, mv(self.image_grids))
 
 
 def collate(items: list[Example | Skipped], pad_id: int, padding_side: str = "right") -> Batch:
@@ -72,9 +75,13 @@ def collate(items: list[Example | Skipped], pad_id: int, padding_side: str = "ri
         labels[i, sl] = torch.tensor(e.labels, dtype=torch.long)
         mask[i, sl] = 1
     pix = [e.pixel_values for e in examples if e.pixel_values is not None and len(e.pixel_values)]
+    grids = [e.image_grids for e in examples if e.image_grids is not None and len(e.image_grids)]
+    if grids and len(grids) != len(pix):
+        raise ValueError("a batch mixes HD examples (with image_grids) and plain ones: use one image transform")
     return Batch(
         input_ids=ids, attention_mask=mask, labels=labels,
         pixel_values=torch.cat(pix) if pix else None,
         ids=[e.id for e in examples], sources=[e.source for e in examples],
         n_fully_masked=sum(e.fully_masked for e in examples), skipped=skipped,
+        image_grids=torch.cat(grids) if grids else None,
     )

@@ -194,9 +194,9 @@ class ShardDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Write the synthetic twin if configured, and convert the stage's JSON into shards (idempotent)."""
         if self.synthetic:
-            from lmm.data.synthetic import write_synthetic
+            from lmm.data.synth import write_twin
 
-            write_synthetic(**self.synthetic)
+            write_twin(self.synthetic)
         if self.mixture.shards:
             return
         m = self.mixture
@@ -220,7 +220,7 @@ class ShardDataModule(L.LightningDataModule):
                                     m.default_include)
         sizes = man.source_counts()
         for s, spec in m.sources.items():
-            if spec.include and spec.count is not None and sizes.get(s, 0) != spec.count:
+            if not self.synthetic and spec.include and spec.count is not None and sizes.get(s, 0) != spec.count:
                 log.warning("source %s: %d samples in %s, the mixture table says %d", s, sizes.get(s, 0),
                             self.shard_dir, spec.count)
         plan = self.plan(0)
@@ -382,16 +382,19 @@ def build_datamodule(data_cfg: Any, stage_name: str, processor: SampleProcessor,
 
     ``data_cfg[stage_name]`` is the stage's mixture (:func:`lmm.data.mixture.mixture_from_cfg`); top-level keys:
     ``num_workers``, ``on_error`` (skip | raise), ``shard_cache`` (where on-demand conversions go) and, with
-    ``kind: synthetic``, the twin's ``root / n_pretrain / n_finetune / text_only_share / image_size / seed``.
+    ``kind: synthetic``, the twin's ``root / n_pretrain / n_finetune / text_only_share / image_size / seed``; with
+    ``twin_enabled`` (``scale=tiny``) the official-layout twin described by ``twin`` is written under ``root``.
     ``num_image_tokens`` + ``max_length`` enable the over-length count (text tokens + image tokens after the splice).
     Rank and world size come from the trainer unless given."""
     cfg = plain_config(data_cfg)
     if stage_name not in cfg:
         raise ValueError(f"the data config has no stage {stage_name!r}; it has {sorted(k for k in cfg)}")
     synthetic = None
-    if cfg.get("kind") == "synthetic":
-        synthetic = {k: cfg[k] for k in ("root", "n_pretrain", "n_finetune", "text_only_share", "image_size", "seed")
-                     if k in cfg}
+    if cfg.get("kind") == "synthetic":  # the small test twin (lmm.data.synthetic)
+        synthetic = {"writer": "basic", **{k: cfg[k] for k in ("root", "n_pretrain", "n_finetune", "text_only_share",
+                                                             "image_size", "seed") if k in cfg}}
+    elif cfg.get("twin_enabled"):  # scale=tiny: the official-layout twin of every source (lmm.data.synth)
+        synthetic = {"writer": "llava", "root": cfg["root"], **cfg["twin"]}
     return ShardDataModule(
         mixture_from_cfg(cfg[stage_name]), processor, micro_batch_size, grad_accum, pad_id, seed,
         stage_name=stage_name, num_workers=cfg.get("num_workers", 0) if num_workers is None else num_workers,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from PIL import Image
 
 from lmm.data.batch import Example
+from lmm.data.hd_cells import transform_images
 from lmm.data.images import ImageTransform
 from lmm.data.records import Record, RecordError
 from lmm.text.templates import Template
@@ -19,7 +19,7 @@ from lmm.text.tokenize import tokenize_conversation
 
 
 class SampleProcessor:
-    def __init__(self, tokenizer, template: Template, image_transform: ImageTransform,
+    def __init__(self, tokenizer, template: Template, image_transform: ImageTransform,  # or HDImageTransform
                  prompt_policy: Callable[[Record], Record] | None = None):
         self.tokenizer = tokenizer
         self.template = template
@@ -37,5 +37,5 @@ class SampleProcessor:
                 raise RecordError(record.id, "plain_needs_one_image", "stage-1 captions need exactly one image")
             turns = turns[:1]
         tok = tokenize_conversation(turns, self.template, self.tokenizer)
-        pixels = torch.stack([self.image_transform(im) for im in images]) if images else None
-        return Example(record.id, tok.input_ids, tok.labels, pixels, source)
+        pixels, grids = transform_images(self.image_transform, images)
+        return Example(record.id, tok.input_ids, tok.labels, pixels, source, grids)

@@ -22,6 +22,7 @@ SHAPES = ("circle", "square", "triangle")
 SIDES = ("left", "right")
 CAPTION_PROMPTS = ("Describe the image concisely.", "Give a brief description of the picture.",
                    "Summarize the visual content of the image.", "Write a short caption for the photo.")
+RENDER_VERSION = 2  # part of the cache key: bump when rendering or text generation changes
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
@@ -60,9 +61,9 @@ def render(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Im
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
         half = size // 2
-        r = int(size * rng.uniform(0.14, 0.2))
-        cx = (half // 2 if o.side == "left" else half + half // 2) + rng.randint(-size // 16, size // 16)
-        cy = half + rng.randint(-size // 8, size // 8)
+        r = int(size * rng.uniform(0.17, 0.23))
+        cx = (half // 2 if o.side == "left" else half + half // 2) + rng.randint(-size // 32, size // 32)
+        cy = half + rng.randint(-size // 10, size // 10)
         box = (cx - r, cy - r, cx + r, cy + r)
         fill = COLORS[o.color]
         if o.shape == "circle":
@@ -112,10 +113,12 @@ def write_synthetic(root: str | Path, n_pretrain: int = 256, n_finetune: int = 2
                     image_size: int = 64, seed: int = 0) -> dict[str, Path]:
     """Write ``pretrain.json``, ``finetune.json`` and ``images/`` under ``root`` (skipped when already there)."""
     root = Path(root)
-    stamp = root / f".done-{n_pretrain}-{n_finetune}-{text_only_share}-{image_size}-{seed}"
+    stamp = root / f".done-v{RENDER_VERSION}-{n_pretrain}-{n_finetune}-{text_only_share}-{image_size}-{seed}"
     paths = {"pretrain": root / "pretrain.json", "finetune": root / "finetune.json", "images": root / "images"}
     if stamp.exists():
         return paths
+    for other in root.glob(".done-*"):
+        other.unlink()
     rng = random.Random(seed)
     paths["images"].mkdir(parents=True, exist_ok=True)
 

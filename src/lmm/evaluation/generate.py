@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lmm.data.batch import Example, collate
-from lmm.data.images import ImageTransform
+from lmm.data.hd_cells import transform_images
 from lmm.evaluation.answers import make_answer_record
 from lmm.models.llava import LlavaModel
 from lmm.text.templates import IMAGE_TOKEN, Template
@@ -30,7 +30,7 @@ def answer_questions(
     tokenizer,
     template: Template,
     questions: Sequence,
-    transform: ImageTransform,
+    transform,
     max_new_tokens: int = 128,
     batch_size: int = 16,
     model_id: str = "lmm",
@@ -45,8 +45,8 @@ def answer_questions(
         examples = []
         for q in chunk:
             ids = prompt_ids(q, template, tokenizer)
-            pixels = transform(q.load_image()).unsqueeze(0) if q.has_image else None
-            examples.append(Example(str(q.question_id), ids, ids, pixels))
+            pixels, grids = transform_images(transform, [q.load_image()] if q.has_image else [])
+            examples.append(Example(str(q.question_id), ids, ids, pixels, image_grids=grids))
         batch = collate(examples, tokenizer.pad_token_id, "left").to(device)
         with torch.inference_mode():
             out = model.generate(
@@ -56,6 +56,7 @@ def answer_questions(
                 max_new_tokens,
                 tokenizer.eos_token_id,
                 tokenizer.pad_token_id,
+                image_grids=batch.image_grids,
             )
         for q, tokens in zip(chunk, out):
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()

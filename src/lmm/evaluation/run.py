@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.data.images import ImageTransform
 from lmm.evaluation.answers import write_answers
 from lmm.evaluation.benchmarks import get_benchmark
 from lmm.evaluation.generate import answer_questions
 from lmm.models.checkpoint import load_model_dir
+from lmm.models.hd import image_transform_for
 from lmm.text.templates import get_template
 from lmm.tracking.mlflow import flatten, git_sha
 
@@ -38,14 +39,13 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def _numeric(d: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in flatten(d).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-    }
+    """Finite numbers of a score dict, under metric names MLflow accepts (other characters become ``_``)."""
+    return {re.sub(r"[^\w\-. :/]", "_", k): float(v) for k, v in flatten(d).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def run_eval(cfg: DictConfig) -> dict[str, Any]:
+def run_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` with the settings of an ``evaluation`` config node (conf/evaluation/default.yaml)."""
     import mlflow
 
     if cfg.get("synthetic_benchmarks"):
@@ -53,17 +53,12 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
         write_synthetic_benchmarks(cfg.data_root, cfg.synthetic_benchmarks.n_images,
                                    cfg.synthetic_benchmarks.image_size, names=list(cfg.benchmarks))
-    model_dir = resolve_model_dir(cfg.checkpoint)
+    model_dir = resolve_model_dir(checkpoint)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, spec = load_model_dir(model_dir, device)
     template = get_template(cfg.template or spec.get("template") or "vicuna_v1")
-    transform = ImageTransform(
-        model.vision.image_size,
-        cfg.image_aspect_ratio or spec.get("image_aspect_ratio", "pad"),
-        model.vision.image_mean,
-        model.vision.image_std,
-    )
-    out_dir = Path(cfg.output_dir)
+    transform = image_transform_for(model, cfg.image_aspect_ratio or spec.get("image_aspect_ratio", "pad"))
+    out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_id = cfg.model_id or model_dir.parent.parent.name
 
@@ -74,7 +69,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     exp_name = cfg.experiment_name
     exp = client.get_experiment_by_name(exp_name)
     exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
-    tags = {"kind": "eval", "checkpoint": str(model_dir), "git_sha": git_sha(), "template": template.name}
+    tags = {**(spec.get("tags") or {}), "kind": "eval", "checkpoint": str(model_dir), "git_sha": git_sha(),
+            "template": template.name}
     if parent:
         tags["mlflow.parentRunId"] = parent
         tags["train_run_id"] = parent
@@ -94,6 +90,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in cfg.benchmarks:
         bench = get_benchmark(name)
+        options = dict((cfg.get("benchmark_options") or {}).get(name) or {})
+        if options:
+            bench = bench.with_options(**options)
         if bench.needs_judge and not cfg.get("judge", {}).get("base_url"):
             msg = (
                 f"{name}: skipped — it is scored by an LLM judge and no judge is configured (judge.base_url)"

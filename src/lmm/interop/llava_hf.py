@@ -1,6 +1,15 @@
 """Bridge to transformers' ``LlavaForConditionalGeneration`` (the llava-hf layout): the same weights under its names.
 
-Used by the parity test (same weights → same logits) and by export/import of llava-hf folders.
+Used by the parity test (same weights → same logits) and by export/import of llava-hf folders
+(:mod:`lmm.interop.hf_folder`). Name mapping (ours → llava-hf):
+
+* ``vision.model.*`` → ``model.vision_tower.*`` (the transformers vision model, e.g. ``CLIPVisionModel``)
+* ``connector.{0,2}.*`` (``mlp2x_gelu``: Linear, GELU, Linear) → ``model.multi_modal_projector.linear_{1,2}.*``
+* ``llm.model.*`` → ``model.language_model.*``; ``llm.lm_head.*`` → ``lm_head.*``
+
+Checkpoints written by transformers 4.x (e.g. ``llava-hf/llava-1.5-7b-hf``) use the older names
+``language_model.model.*``, ``language_model.lm_head.*``, ``vision_tower.*``, ``multi_modal_projector.*``;
+:func:`normalize_llava_hf_keys` maps them to the current ones, as transformers 5 does when loading.
 """
 
 from __future__ import annotations
@@ -15,6 +24,13 @@ from lmm.text.tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 def to_llava_hf_state_dict(model: LlavaModel) -> dict[str, torch.Tensor]:
     """Our state dict under llava-hf names (CLIP-family tower, ``mlp2x_gelu`` connector, causal-LM LLM)."""
+    if getattr(model, "hd", None) is not None:
+        raise ValueError("LLaVA-1.5-HD has no llava-hf equivalent (LlavaForConditionalGeneration has no cells / "
+                         "row-end token; LlavaNext is the different 'anyres' scheme)")
+    from lmm.models.lora import is_lora
+
+    if is_lora(model):
+        raise ValueError("the model has unmerged LoRA adapters: merge them first (lmm.models.lora.merge_lora)")
     if not isinstance(model.vision, HFVisionTower):
         raise ValueError("llava-hf export needs a transformers vision tower (CLIP / SigLIP)")
     conn = model.connector
@@ -36,6 +52,56 @@ def to_llava_hf_state_dict(model: LlavaModel) -> dict[str, torch.Tensor]:
     return out
 
 
+_LEGACY_PREFIXES = (("language_model.lm_head.", "lm_head."), ("language_model.model.", "model.language_model."),
+                    ("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector."))
+
+
+def normalize_llava_hf_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """llava-hf state dict keys, transformers 4.x or 5.x layout → the 5.x names."""
+    out = {}
+    for k, v in state.items():
+        for old, new in _LEGACY_PREFIXES:
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
+
+
+def from_llava_hf_state_dict(state: dict[str, torch.Tensor], tie_word_embeddings: bool = False
+                             ) -> dict[str, torch.Tensor]:
+    """A llava-hf state dict (either layout) under our ``LlavaModel`` names (inverse of
+    :func:`to_llava_hf_state_dict`)."""
+    out = {}
+    for k, v in normalize_llava_hf_keys(state).items():
+        if k.startswith("model.vision_tower."):
+            out["vision.model." + k[len("model.vision_tower."):]] = v
+        elif k.startswith("model.multi_modal_projector."):
+            layer, _, param = k[len("model.multi_modal_projector."):].partition(".")
+            index = {"linear_1": "0", "linear_2": "2"}.get(layer)
+            if index is None:
+                raise ValueError(f"unexpected projector weight {k!r}: only the 2-layer MLP (mlp2x_gelu) is supported")
+            out[f"connector.{index}.{param}"] = v
+        elif k.startswith("model.language_model."):
+            out["llm.model." + k[len("model.language_model."):]] = v
+        elif k.startswith("lm_head."):
+            out["llm." + k] = v
+        else:
+            raise ValueError(f"unexpected llava-hf weight {k!r}")
+    if "llm.lm_head.weight" not in out and tie_word_embeddings:
+        out["llm.lm_head.weight"] = out["llm.model.embed_tokens.weight"]
+    return out
+
+
+def feature_select_strategy(vision) -> str:
+    """llava-hf's ``vision_feature_select_strategy`` for our tower: ``default`` drops exactly one leading token."""
+    if vision.select_feature == "cls_patch" or vision.num_prefix_tokens == 0:
+        return "full"
+    if vision.num_prefix_tokens == 1:
+        return "default"
+    raise ValueError(f"llava-hf can drop one CLS token only; the tower has {vision.num_prefix_tokens} prefix tokens")
+
+
 def llava_hf_config(model: LlavaModel, image_token_id: int):
     from transformers import LlavaConfig
 
@@ -43,7 +109,7 @@ def llava_hf_config(model: LlavaModel, image_token_id: int):
         vision_config=model.vision.model.config.to_dict(), text_config=model.llm.config.to_dict(),
         image_token_id=image_token_id, projector_hidden_act="gelu",
         vision_feature_layer=model.vision.select_layer,
-        vision_feature_select_strategy="default" if model.vision.select_feature == "patch" else "full",
+        vision_feature_select_strategy=feature_select_strategy(model.vision),
         image_seq_length=model.num_image_tokens, multimodal_projector_bias=True,
         tie_word_embeddings=bool(getattr(model.llm.config, "tie_word_embeddings", False)),
     )

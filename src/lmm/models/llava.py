@@ -4,6 +4,9 @@ Splicing follows LLaVA's ``prepare_inputs_labels_for_multimodal`` (spec §1.3): 
 in ``input_ids`` is replaced by that image's features (labels ignored there); text-only samples consume no image;
 the sequence is truncated to ``max_length`` *after* the splice; padding goes right for training and left for
 generation, with position ids counted from each sample's first real token.
+
+With ``hd`` (an :class:`~lmm.models.hd.HDMerger`, LLaVA-1.5-HD) an image is several views (``image_grids`` gives
+each image's layout) and yields a variable number of tokens; the splice places them the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmm.models.hd import HDMerger
 from lmm.models.vision import VisionTower
 from lmm.text.tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
@@ -38,10 +42,14 @@ class LlavaOutput:
 
 
 class LlavaModel(nn.Module):
-    def __init__(self, vision: VisionTower, connector: nn.Module, llm: nn.Module, max_length: int = 2048):
+    def __init__(self, vision: VisionTower, connector: nn.Module, llm: nn.Module, max_length: int = 2048,
+                 hd: HDMerger | None = None):
         super().__init__()
         self.vision, self.connector, self.llm = vision, connector, llm
         self.max_length = max_length
+        self.hd = hd
+        # HD can be switched off for a stage (the paper's HD model has no HD pretraining): images are then plain.
+        self.hd_active = hd is not None
 
     @property
     def num_image_tokens(self) -> int:
@@ -52,16 +60,33 @@ class LlavaModel(nn.Module):
         dtype = next(self.connector.parameters(), feats).dtype
         return self.connector(feats.to(dtype))
 
+    def image_features(self, pixel_values: torch.Tensor, image_grids: torch.Tensor | None = None
+                       ) -> torch.Tensor | list[torch.Tensor]:
+        """``[n_images, T, H]``; with HD a list of ``[T_i, H]`` (every view is encoded in one batch)."""
+        if self.hd is None or not self.hd_active:
+            if image_grids is not None:
+                raise ValueError("image_grids were given but HD is off (model.hd.enabled false, or hd_active False)")
+            return self.encode_images(pixel_values)
+        if image_grids is None:
+            raise ValueError("an HD model needs image_grids: prepare images with lmm.models.hd.image_transform_for")
+        self.hd.check(image_grids, pixel_values.shape[0])
+        return self.hd(self.encode_images(pixel_values), image_grids)
+
     def splice(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
-               pixel_values: torch.Tensor | None, padding_side: str = "right") -> Spliced:
+               pixel_values: torch.Tensor | None, padding_side: str = "right",
+               image_grids: torch.Tensor | None = None) -> Spliced:
         embed = self.llm.get_input_embeddings()
         is_marker = input_ids == IMAGE_TOKEN_INDEX
         text_embeds = embed(input_ids.masked_fill(is_marker, 0))
         n_markers = int(is_marker.sum())
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if image_grids is not None and pixel_values is not None:
+            n_images = image_grids.shape[0]  # HD: pixel_values holds several views per image
         if n_markers != n_images:
             raise ValueError(f"the batch has {n_markers} <image> markers but {n_images} images")
-        image_feats = self.encode_images(pixel_values).to(text_embeds.dtype) if n_images else None
+        image_feats = None
+        if n_images:
+            image_feats = [f.to(text_embeds.dtype) for f in self.image_features(pixel_values, image_grids)]
 
         rows_e, rows_l, img = [], [], 0
         for i in range(input_ids.shape[0]):
@@ -78,7 +103,7 @@ class LlavaModel(nn.Module):
                 if k < len(cuts) - 2:
                     parts_e.append(image_feats[img])
                     if lab is not None:
-                        parts_l.append(lab.new_full((image_feats.shape[1],), IGNORE_INDEX))
+                        parts_l.append(lab.new_full((image_feats[img].shape[0],), IGNORE_INDEX))
                     img += 1
             rows_e.append(torch.cat(parts_e))
             rows_l.append(torch.cat(parts_l) if lab is not None else None)
@@ -89,6 +114,8 @@ class LlavaModel(nn.Module):
             probe = next(self.connector.parameters())
             dummy = self.connector(probe.new_zeros(1, 1, self.vision.hidden_size))
             rows_e[0] = rows_e[0] + 0.0 * dummy.sum()
+            if self.hd is not None and self.hd_active and self.hd.row_end.requires_grad:
+                rows_e[0] = rows_e[0] + 0.0 * self.hd.row_end.sum()
 
         n_truncated = sum(int(r.shape[0] > self.max_length) for r in rows_e)
         rows_e = [r[: self.max_length] for r in rows_e]
@@ -109,8 +136,8 @@ class LlavaModel(nn.Module):
         return Spliced(out_e, out_m, out_p, out_l, n_truncated)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None) -> LlavaOutput:
-        s = self.splice(input_ids, attention_mask, labels, pixel_values, "right")
+                pixel_values: torch.Tensor | None = None, image_grids: torch.Tensor | None = None) -> LlavaOutput:
+        s = self.splice(input_ids, attention_mask, labels, pixel_values, "right", image_grids)
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
                           position_ids=s.position_ids, use_cache=False).logits
         loss, n_tok, masked = logits.new_zeros(()), 0, []
@@ -128,10 +155,10 @@ class LlavaModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
-                 max_new_tokens: int = 128, eos_token_id: int | None = None, pad_token_id: int = 0
-                 ) -> list[list[int]]:
+                 max_new_tokens: int = 128, eos_token_id: int | None = None, pad_token_id: int = 0,
+                 image_grids: torch.Tensor | None = None) -> list[list[int]]:
         """Greedy decoding with the KV cache, batched (left padding); returns the new tokens of each sample."""
-        s = self.splice(input_ids, attention_mask, None, pixel_values, "left")
+        s = self.splice(input_ids, attention_mask, None, pixel_values, "left", image_grids)
         out = self.llm.generate(
             inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, max_new_tokens=max_new_tokens,
             do_sample=False, num_beams=1, use_cache=True, eos_token_id=eos_token_id, pad_token_id=pad_token_id,

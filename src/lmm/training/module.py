@@ -15,10 +15,12 @@ from lmm.training.stages import apply_stage, param_groups
 
 class LlavaLitModule(L.LightningModule):
     def __init__(self, model: LlavaModel, trainable: list[str], lr: float, connector_lr: float | None = None,
-                 weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas=(0.9, 0.999), eps: float = 1e-8):
+                 weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas=(0.9, 0.999), eps: float = 1e-8,
+                 lora: dict | None = None):
         super().__init__()
         self.model = model
-        self.param_table = apply_stage(model, list(trainable))
+        # lora ({r, alpha, dropout} or None): the LLM trains through LoRA adapters (lmm.models.lora)
+        self.param_table = apply_stage(model, list(trainable), dict(lora) if lora else None)
         self.lr, self.connector_lr, self.weight_decay = lr, connector_lr, weight_decay
         self.warmup_ratio, self.betas, self.eps = warmup_ratio, betas, eps
         # Data accounting: every sample is trained on, or counted under a reason.
@@ -50,9 +52,12 @@ class LlavaLitModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int):
         self.skipped.update(batch.skipped)
-        if len(batch) == 0:  # every sample of this batch was skipped (and counted)
-            return None
-        out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
+        if len(batch) == 0:
+            # Every sample of this micro-batch was skipped (and counted). A zero loss tied to the trainable weights
+            # keeps every rank in the same gradient sync (returning None would hang DDP).
+            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+        out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
+                         image_grids=batch.image_grids)
         self.samples_seen += len(batch)
         self.truncated += out.n_truncated
         if out.fully_masked:

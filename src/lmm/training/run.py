@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lmm.data.batch import collate
-from lmm.data.images import ImageTransform
 from lmm.data.llava_json import LlavaJsonDataset
 from lmm.data.processor import SampleProcessor
 from lmm.models.build import build_llava
 from lmm.models.checkpoint import save_model_dir
+from lmm.models.hd import image_transform_for
 from lmm.text.templates import get_template
 from lmm.tracking import mlflow as track
 from lmm.training.callbacks import MaskedSampleGuard
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def build_tokenizer(cfg: DictConfig):
-    from lmm.data.synthetic import tokenizer_corpus
+    from lmm.data.synth import tokenizer_corpus
     from lmm.text.tokenizer import load_tokenizer, train_tiny_tokenizer
 
     llm = cfg.model.llm
@@ -41,13 +41,44 @@ def build_tokenizer(cfg: DictConfig):
     return tok
 
 
-def prepare_data(cfg: DictConfig) -> None:
-    """Build the synthetic twin on demand (a no-op when it is already there or the data are real)."""
-    if cfg.data.get("kind") == "synthetic":
-        from lmm.data.synthetic import write_synthetic
+def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, micro_batch_size: int, accum: int,
+               pad_id: int, num_image_tokens: int):
+    """The stage's data: a streaming shard DataModule (``data.loader=shards``) or a map-style JSON loader."""
+    if cfg.data.get("loader", "shards") == "shards":
+        from lmm.data.datamodule import build_datamodule
 
-        write_synthetic(cfg.data.root, cfg.data.n_pretrain, cfg.data.n_finetune, cfg.data.text_only_share,
-                        cfg.data.image_size, cfg.data.seed)
+        return build_datamodule(cfg.data, stage_name, processor, micro_batch_size, accum, pad_id, cfg.seed,
+                                num_image_tokens=num_image_tokens, max_length=cfg.model.max_length)
+    if cfg.data.get("twin_enabled"):
+        from lmm.data.synth import write_twin
+
+        write_twin({"root": cfg.data.root, **cfg.data.twin})
+    stage_data = cfg.data[stage_name]
+    dataset = LlavaJsonDataset(stage_data.json, stage_data.image_folder, processor, cfg.data.on_error)
+    return DataLoader(
+        dataset, batch_size=micro_batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+        collate_fn=partial(collate, pad_id=pad_id, padding_side="right"),
+        generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=cfg.data.num_workers > 0,
+    )
+
+
+def data_counts(data) -> dict[str, float]:
+    """Counts in = out + rejected + skipped, from whichever loader ran."""
+    if isinstance(data, DataLoader):
+        ds = data.dataset
+        return {"data/records_in": float(len(ds) + len(ds.rejected)),
+                **{f"data/rejected_{k}": float(v) for k, v in ds.rejected_counts.items()}}
+    return {k: float(v) for k, v in data.counts().items() if isinstance(v, (int, float))}
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags for every MLflow run of this training: the experiment's own, and the sweep with its swept value."""
+    tags = {k: str(v) for k, v in (cfg.logger.get("tags") or {}).items()}
+    if cfg.get("sweep"):
+        tags["sweep"] = cfg.sweep.name
+        tags["sweep.key"] = cfg.sweep.key
+        tags["sweep.value"] = str(OmegaConf.select(cfg, cfg.sweep.key))
+    return tags
 
 
 def accumulation(stage: DictConfig, trainer_cfg: DictConfig) -> int:
@@ -66,10 +97,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     cfg_yaml = out_dir / "config.yaml"
     cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    prepare_data(cfg)
     tokenizer = build_tokenizer(cfg)
     model = build_llava(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
-                        twin=cfg.model.twin)
+                        twin=cfg.model.twin, hd=cfg.model.get("hd"))
     precision = cfg.trainer.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     sha = track.git_sha()
     results: dict[str, Any] = {"output_dir": str(out_dir), "stages": {}}
@@ -79,45 +109,43 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         stage_dir = out_dir / name
         if stage.get("init_connector"):
             load_connector(model, stage.init_connector)
-        data_cfg = cfg.data[name]
-        transform = ImageTransform(model.vision.image_size, stage.image_aspect_ratio,
-                                   model.vision.image_mean, model.vision.image_std)
+        model.hd_active = model.hd is not None and bool(stage.get("hd", True))
+        transform = image_transform_for(model, stage.image_aspect_ratio)
         processor = SampleProcessor(tokenizer, get_template(stage.template), transform)
-        dataset = LlavaJsonDataset(data_cfg.json, data_cfg.image_folder, processor, cfg.data.on_error)
-        loader = DataLoader(
-            dataset, batch_size=stage.micro_batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-            collate_fn=partial(collate, pad_id=tokenizer.pad_token_id, padding_side="right"),
-            generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=cfg.data.num_workers > 0,
-        )
+        accum = accumulation(stage, cfg.trainer)
+        image_tokens = model.hd.max_num_tokens if model.hd_active else model.num_image_tokens
+        data = build_data(cfg, name, processor, stage.micro_batch_size, accum, tokenizer.pad_token_id, image_tokens)
         module = LlavaLitModule(model, list(stage.trainable), stage.lr, stage.get("connector_lr"),
-                                stage.weight_decay, stage.warmup_ratio)
+                                stage.weight_decay, stage.warmup_ratio, lora=stage.get("lora"))
         table = format_param_table(module.param_table)
         log.info("stage %s — trainable parameters:\n%s", name, table)
         logger = track.make_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, f"{cfg.run_name}-{name}",
-                                   {"stage": name, "git_sha": sha, "run_group": cfg.run_name,
-                                    **(cfg.logger.get("tags") or {})})
+                                   {"stage": name, "git_sha": sha, "run_group": str(out_dir),
+                                    **run_tags(cfg)})
         track.log_config(logger, resolved, cfg_yaml)
         track.log_text(logger, table, f"{name}_trainable_parameters.txt")
         trainer = L.Trainer(
-            max_epochs=stage.epochs, max_steps=stage.max_steps, accumulate_grad_batches=accumulation(stage, cfg.trainer),
+            max_epochs=stage.epochs, max_steps=stage.max_steps, accumulate_grad_batches=accum,
             gradient_clip_val=stage.gradient_clip_val, precision=precision, accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=cfg.trainer.strategy,
             logger=logger, callbacks=[MaskedSampleGuard(cfg.data.max_masked_share, cfg.data.masked_min_samples)],
             default_root_dir=str(stage_dir), enable_checkpointing=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
             enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
         )
-        trainer.fit(module, loader)
+        if isinstance(data, DataLoader):
+            trainer.fit(module, train_dataloaders=data)
+        else:
+            trainer.fit(module, datamodule=data)
         ckpt = stage_dir / "last.ckpt"
         trainer.save_checkpoint(str(ckpt))
         connector_file = save_connector(model, stage_dir / "connector.safetensors")
-        counts = {"data/records_in": float(len(dataset) + len(dataset.rejected)),
-                  **{f"data/rejected_{k}": float(v) for k, v in dataset.rejected_counts.items()},
-                  **module.data_counts()}
+        counts = {**data_counts(data), **module.data_counts()}
         track.log_metrics(logger, counts, step=trainer.global_step)
         spec = {"model": OmegaConf.to_container(cfg.model, resolve=True), "template": stage.template,
                 "image_aspect_ratio": stage.image_aspect_ratio, "max_length": cfg.model.max_length,
                 "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id,
-                "mlflow_tracking_uri": cfg.logger.tracking_uri}
+                "mlflow_tracking_uri": cfg.logger.tracking_uri, "hd_active": model.hd_active,
+                "tags": run_tags(cfg)}
         model_dir = save_model_dir(model, tokenizer, spec, stage_dir / "model")
         track.log_artifact(logger, connector_file)
         logger.finalize("success")
@@ -129,4 +157,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         log.info("stage %s done: loss %.4f → %.4f over %d steps; checkpoint %s", name, module.first_loss or 0,
                  module.last_loss or 0, trainer.global_step, ckpt)
     results["tracking_uri"] = cfg.logger.tracking_uri
+    if cfg.get("eval") and cfg.eval.after_training and results["stages"]:
+        from lmm.evaluation.run import run_eval
+
+        eval_cfg = OmegaConf.merge(cfg.eval, {"tracking_uri": cfg.logger.tracking_uri,
+                                              "experiment_name": cfg.logger.experiment_name})
+        results["eval"] = run_eval(eval_cfg, out_dir, out_dir / "eval")
     return results

@@ -1,9 +1,14 @@
 """Stage rules: which parts train (pretrain: connector; finetune: connector + LLM; vision always frozen), the
-optimizer's parameter groups (connector at its own learning rate), and the stage-1 → stage-2 connector hand-off."""
+optimizer's parameter groups (connector at its own learning rate), and the stage-1 → stage-2 connector hand-off.
+
+A stage with ``lora`` (``{r, alpha, dropout}``, :mod:`lmm.models.lora`) trains the LLM through LoRA adapters only.
+An HD model's row-end token (``model.hd``) trains whenever the connector does and HD is active (``model.hd_active``,
+off for a stage without HD), at the main learning rate."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,16 +18,27 @@ from lmm.models.llava import LlavaModel
 PARTS = ("vision", "connector", "llm")
 
 
-def apply_stage(model: LlavaModel, trainable: list[str]) -> list[dict]:
-    """Freeze everything but ``trainable`` (a subset of connector / llm); return a table of parameter counts."""
+def apply_stage(model: LlavaModel, trainable: list[str], lora: dict[str, Any] | None = None) -> list[dict]:
+    """Freeze everything but ``trainable`` (a subset of connector / llm); return a table of parameter counts.
+
+    With ``lora`` the LLM gets LoRA adapters (once; see :func:`lmm.models.lora.add_lora`) and only they train."""
     unknown = set(trainable) - {"connector", "llm"}
     if unknown:
         raise ValueError(f"unknown trainable parts {sorted(unknown)}; choose from connector, llm (vision is frozen)")
+    if lora and "llm" not in trainable:
+        raise ValueError("a stage with lora trains the LLM through its adapters: put 'llm' in trainable")
+    parts = PARTS + (("hd",) if getattr(model, "hd", None) is not None else ())
+    for part in parts:
+        on = (part in trainable) if part != "hd" else ("connector" in trainable and model.hd_active)
+        getattr(model, part).requires_grad_(on and not (part == "llm" and lora))
+    if lora:
+        from lmm.models.lora import add_lora
+
+        add_lora(model, **lora)
     rows = []
-    for part in PARTS:
+    for part in parts:
         module: nn.Module = getattr(model, part)
-        on = part in trainable
-        module.requires_grad_(on)
+        on = (part in trainable) if part != "hd" else ("connector" in trainable and model.hd_active)
         total = sum(p.numel() for p in module.parameters())
         train = sum(p.numel() for p in module.parameters() if p.requires_grad)
         rows.append({"module": part, "trainable": train, "total": total, "frozen": not on})

@@ -179,6 +179,8 @@ def write_llava_data(root: str | Path, n_pretrain: int = 512, n_finetune: int = 
     stamp = root / f".done-v{SYNTH_VERSION}-{n_pretrain}-{n_finetune}-{image_size}-{seed}"
     if stamp.exists():
         return root
+    for old in root.glob(".done-*"):  # other parameters were written here before: their files are replaced
+        old.unlink()
     rng = random.Random(seed)
     pre_dir = root / "LLaVA-Pretrain"
     pretrain = []

@@ -1,0 +1,110 @@
+"""Every paper experiment by name: each composes to the paper's settings, and each runs at tiny scale."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+CONF = REPO / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+ROWS = [f"row{i}_" for i in range(10)]
+
+
+def cfg_of(name, *overrides, scale="paper"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment={name}", f"scale={scale}", f"paths.root_dir={REPO}",
+                                          "paths.output_dir=/tmp/unused", *overrides])
+    return cfg
+
+
+def sources(cfg):
+    return {s for s, spec in cfg.data.finetune.sources.items() if spec.get("include", True)}
+
+
+def test_every_paper_row_and_final_model_has_an_experiment():
+    for prefix in ROWS:
+        assert any(e.startswith(prefix) for e in EXPERIMENTS), prefix
+    assert {"llava_v1_5_7b", "llava_v1_5_13b", "llava_v1_5_7b_lora", "llava_v1_5_13b_lora", "qformer",
+            "llava_v1_5_13b_hd", "hd_7b_global_context", "hd_7b_patch_only"} <= set(EXPERIMENTS)
+
+
+def test_rows_match_the_paper():
+    c = {e: cfg_of(e) for e in EXPERIMENTS}
+    # Shared official recipe (scripts/v1_5/*.sh) on every row.
+    for e, cfg in c.items():
+        assert cfg.stages.pretrain.lr == 1e-3 and cfg.stages.pretrain.global_batch_size == 256, e
+        assert cfg.stages.finetune.global_batch_size == 128 and cfg.stages.finetune.epochs == 1, e
+        assert cfg.stages.finetune.warmup_ratio == 0.03 and cfg.model.max_length == 2048, e
+        assert cfg.stages.pretrain.template == "plain" and not cfg.model.twin, e
+        assert cfg.logger.tags.experiment == e
+    assert c["row0_llava"].model.connector.name == "linear"
+    assert c["row0_llava"].model.vision.name_or_path == "openai/clip-vit-large-patch14"
+    assert sources(c["row0_llava"]) == {"llava_instruct"}
+    assert "vqav2" in sources(c["row1_vqav2"])
+    assert c["row1_vqav2"].data.finetune.sources.vqav2.format_prompt == "strip"
+    assert c["row2_format_prompt"].data.finetune.sources.vqav2.format_prompt == "keep"
+    assert c["row2_format_prompt"].model.connector.name == "linear"
+    assert c["row3_mlp_connector"].model.connector.name == "mlp2x_gelu"
+    assert sources(c["row4_okvqa_ocr"]) - sources(c["row3_mlp_connector"]) == {"okvqa", "aokvqa", "ocrvqa",
+                                                                               "textcaps"}
+    assert sources(c["row5_region_vqa"]) - sources(c["row4_okvqa_ocr"]) == {"vg", "refcoco"}
+    assert c["row5_region_vqa"].model.vision.name_or_path == "openai/clip-vit-large-patch14"
+    assert c["row6_res336"].model.vision.name_or_path == "openai/clip-vit-large-patch14-336"
+    assert "gqa" in sources(c["row7_gqa"]) and "gqa" not in sources(c["row6_res336"])
+    assert "sharegpt" not in sources(c["row7_gqa"]) and "sharegpt" in sources(c["row8_sharegpt"])
+    assert len(sources(c["row8_sharegpt"])) == 10  # the full 665K mixture
+    assert c["row9_13b"].model.llm.name_or_path == "lmsys/vicuna-13b-v1.5"
+    assert c["row8_sharegpt"].model.llm.name_or_path == "lmsys/vicuna-7b-v1.5"
+    for e in ("llava_v1_5_7b", "llava_v1_5_13b"):
+        assert c[e].stages.finetune.lr == 2e-5 and c[e].stages.finetune.lora is None
+    lora = c["llava_v1_5_7b_lora"].stages.finetune
+    assert (lora.lora.r, lora.lora.alpha, lora.lora.dropout, lora.lr, lora.connector_lr) == (128, 256, 0.05, 2e-4, 2e-5)
+    assert c["llava_v1_5_13b_lora"].model.llm.name_or_path == "lmsys/vicuna-13b-v1.5"
+    assert c["qformer"].model.connector.name == "qformer" and c["qformer"].model.connector.num_queries == 32
+    hd = c["llava_v1_5_13b_hd"]
+    assert hd.model.hd.enabled and hd.model.hd.global_context and hd.model.hd.max_cells == 6
+    assert hd.model.vision.name_or_path == "openai/clip-vit-large-patch14" and not hd.stages.pretrain.hd
+    assert c["hd_7b_global_context"].model.hd.global_context and not c["hd_7b_patch_only"].model.hd.global_context
+
+
+def test_row7_at_paper_scale_cfg_job():
+    """`python train.py +experiment=row7_gqa scale=paper --cfg job`: official names, 336 px, mlp2x_gelu, gqa."""
+    out = subprocess.run([sys.executable, "train.py", "+experiment=row7_gqa", "scale=paper", "--cfg", "job"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    job = OmegaConf.create(out.stdout)
+    assert job.model.vision.name_or_path == "openai/clip-vit-large-patch14-336"
+    assert job.model.llm.name_or_path == "lmsys/vicuna-7b-v1.5" and job.model.connector.name == "mlp2x_gelu"
+    assert job.stages.finetune.lr == 2e-5 and job.stages.finetune.global_batch_size == 128
+    assert job.data.finetune.sources.gqa.include and not job.data.finetune.sources.sharegpt.include
+
+
+def test_tiny_twins_keep_relative_sizes():
+    from lmm.models.build import as_twin
+
+    t7, t13 = (as_twin(OmegaConf.to_container(cfg_of(e).model.llm), "llm")["config"] for e in
+               ("llava_v1_5_7b", "llava_v1_5_13b"))
+    assert t13["hidden_size"] > t7["hidden_size"] and t13["num_hidden_layers"] >= t7["num_hidden_layers"]
+    v224, v336 = (cfg_of(e).model.vision.twin for e in ("row5_region_vqa", "row6_res336"))
+    assert (v336.image_size // v336.patch_size) > (v224.image_size // v224.patch_size)
+    tiny = cfg_of("row7_gqa", scale="tiny")
+    assert tiny.model.twin and tiny.data.twin_enabled and "synthetic" in tiny.data.root
+    assert tiny.model.vision.name_or_path == "openai/clip-vit-large-patch14-336"  # structure unchanged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_at_tiny_scale(name, tmp_path):
+    from lmm.training.run import run_training
+
+    cfg = cfg_of(name, f"paths.output_dir={tmp_path}",
+                 "data.twin.n_pretrain=16", "data.twin.n_finetune=48", "stages.pretrain.max_steps=2",
+                 "stages.finetune.max_steps=2", "eval.benchmarks=[gqa]", "trainer.enable_progress_bar=false",
+                 scale="tiny")
+    result = run_training(cfg)
+    assert set(result["stages"]) == {"pretrain", "finetune"}
+    assert result["stages"]["finetune"]["steps"] == 2
+    assert "score" in result["eval"]["results"]["gqa"]
