@@ -9,7 +9,8 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint train eval score ui bench-gen clean
+.PHONY: help setup test test-fast lint train train-row sweep-data sweep-llm synth shards eval score ui compare \
+	bench-gen bench-data merge-lora export-hf import-hf clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -32,7 +33,22 @@ lint: ## Ruff over the package, entry points and tests
 train: ## Train (default: tiny twin, both stages, synthetic data, CPU); ARGS="..." passes Hydra overrides
 	$(PY) train.py $(ARGS)
 
-eval: ## Evaluate a checkpoint: make eval CKPT=outputs/<run> [ARGS="benchmarks=[pope,gqa]"]
+train-row: ## Train one paper experiment: make train-row ROW=row7_gqa [ARGS="scale=paper"]
+	$(PY) train.py +experiment=$(ROW) $(ARGS)
+
+sweep-data: ## Fig. 4 data-efficiency sweep (subsample 0.1 … 1.0), one MLflow run per ratio; ARGS for overrides
+	$(PY) train.py -m +sweep=data_efficiency +experiment=$(or $(EXP),llava_v1_5_7b) $(ARGS)
+
+sweep-llm: ## Fig. 3 LLM-choice sweep (Vicuna v1.1/v1.3/v1.5, LLaMA-2-chat); ARGS for overrides
+	$(PY) train.py -m +sweep=llm_choice +experiment=$(or $(EXP),llava_v1_5_7b) $(ARGS)
+
+synth: ## Build every synthetic twin once (training sources + 12 benchmarks) into the cache folder
+	$(PY) -m lmm.data.synth $(ARGS)
+
+shards: ## Convert LLaVA JSON to shards: make shards JSON=... IMAGES=... OUT=... [RULES=llava_mix665k]
+	$(PY) -m lmm.data.shards --json $(JSON) --image-folder $(IMAGES) --out $(OUT) --source-rules $(or $(RULES),llava_mix665k) $(ARGS)
+
+eval: ## Evaluate a checkpoint: make eval CKPT=outputs/<run> [ARGS="eval.benchmarks=[pope,gqa]"]
 	$(PY) eval.py checkpoint=$(CKPT) $(ARGS)
 
 ui: ## Serve the MLflow UI on 127.0.0.1 for a store: make ui [DB=outputs/<run>/mlflow.db] [PORT=5000]
@@ -41,8 +57,23 @@ ui: ## Serve the MLflow UI on 127.0.0.1 for a store: make ui [DB=outputs/<run>/m
 bench-gen: ## Benchmark batched vs one-at-a-time generation (answers/s, identical answers, ratio)
 	$(PY) benchmarks/generation_benchmark.py
 
+bench-data: ## Benchmark the shard DataModule vs a LLaVA-style lazy JSON loader (samples/s, ratio)
+	$(PY) benchmarks/loader_benchmark.py
+
+merge-lora: ## Merge a LoRA model folder into full weights: make merge-lora SRC=... DST=...
+	$(PY) -m lmm.models.lora merge $(SRC) $(DST)
+
+export-hf: ## Export a model folder to the llava-hf layout: make export-hf MODEL=outputs/<run> OUT=...
+	$(PY) -m lmm.interop export $(MODEL) $(OUT)
+
+import-hf: ## Import a llava-hf folder (e.g. llava-1.5-7b-hf) as an lmm model folder: make import-hf HF=... OUT=...
+	$(PY) -m lmm.interop import $(HF) $(OUT)
+
 score: ## Score a predictions file: make score BENCH=pope PRED=answers.jsonl ROOT=playground/data/eval
 	$(PY) -m lmm.evaluation score $(BENCH) --predictions $(PRED) --data-root $(ROOT)
+
+compare: ## Report + charts of all runs vs the paper (outputs/, multirun/) into experiments/reports/latest
+	$(PY) -m lmm.tracking.compare --root . --out experiments/reports/latest $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache .pytest_cache .ruff_cache

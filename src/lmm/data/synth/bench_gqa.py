@@ -186,3 +186,18 @@ def write_gqa(b: Build) -> None:
             }
     b.jsonl("gqa/llava_gqa_testdev_balanced.jsonl", questions)
     b.json("gqa/data/testdev_balanced_questions.json", gt)
+
+
+def gqa_qa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """Question–answer pairs of the GQA twin's kinds that ``scene`` supports (the training twin's GQA source draws
+    from the same question generator, as GQA's train and testdev splits share theirs)."""
+    pairs = []
+    kinds = [k for k in GQA_OPEN if _gqa_accept(k, "query", True)(scene)]
+    if kinds:
+        pairs.append(_gqa_open(rng.choice(kinds), scene, rng)[:2])
+    options = [(b, yes) for b in GQA_BINARY for yes in (True, False) if _gqa_accept("color", b, yes)(scene)]
+    if options:
+        binary, yes = rng.choice(options)
+        pairs.append(_gqa_binary(binary, scene, rng, yes)[:2])
+    rng.shuffle(pairs)
+    return pairs

@@ -35,7 +35,7 @@ IMAGE_DIRS = {"llava_instruct": "coco/train2017", "vqav2": "coco/train2017", "ok
               "aokvqa": "coco/train2017", "refcoco": "coco/train2017", "gqa": "gqa/images",
               "ocrvqa": "ocr_vqa/images", "textcaps": "textvqa/train_images", "vg": "vg/VG_100K"}
 TEXT_SOURCES = {"ocrvqa", "textcaps"}
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 
 
 def fmt_box(box: list[float]) -> str:
@@ -108,7 +108,10 @@ def gen_okvqa(scene, rng, size):
 
 
 def gen_gqa(scene, rng, size):
-    return [(q + "\n" + SHORT, a) for q, a in gqa_pairs(scene, rng)]
+    from lmm.data.synth.bench_gqa import gqa_qa_pairs  # one question generator for GQA train and testdev
+
+    pairs = gqa_pairs(scene, rng)[:1] + gqa_qa_pairs(scene, rng)
+    return [(q + "\n" + SHORT, a) for q, a in pairs]
 
 
 def gen_ocrvqa(scene, rng, size):

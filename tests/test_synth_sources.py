@@ -1,0 +1,53 @@
+"""The training-source twins: official layout, the real source rules tag them, exact format prompts, determinism."""
+
+import hashlib
+import json
+import re
+from collections import Counter
+
+from lmm.data.records import parse_record
+from lmm.data.sources import SourceTagger
+from lmm.data.synth.scenes import Obj, Scene
+from lmm.data.synth.sources import LETTER, SHORT, source_counts, write_llava_data
+
+
+def digest(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_rules_and_prompts(tmp_path):
+    root = write_llava_data(tmp_path / "a", n_pretrain=8, n_finetune=120, image_size=48)
+    pre = json.loads((root / "LLaVA-Pretrain" / "blip_laion_cc_sbu_558k.json").read_text())
+    assert len(pre) == 8 and all((root / "LLaVA-Pretrain" / "images" / r["image"]).is_file() for r in pre)
+    mix = json.loads((root / "llava_v1_5_mix665k.json").read_text())
+    assert len(mix) == sum(source_counts(120).values())
+    records = [parse_record(r) for r in mix]
+    tagged = Counter(SourceTagger("llava_mix665k")(r) for r in records)
+    expected = source_counts(120)
+    expected["vqav2"] += expected.pop("okvqa")  # the real rules cannot tell OKVQA from VQAv2 either
+    assert tagged == expected
+    by_id = {r.id.split("-")[0]: r for r in records}
+    assert all(h.endswith(SHORT) for h, _ in by_id["vqav2"].turns + by_id["gqa"].turns + by_id["ocrvqa"].turns)
+    assert by_id["aokvqa"].turns[0][0].endswith(LETTER) and re.fullmatch("[A-D]", by_id["aokvqa"].turns[0][1])
+    assert by_id["textcaps"].turns[0][0].endswith("Provide a one-sentence caption for the provided image.")
+    assert not by_id["sharegpt"].images
+    for r in records:
+        for img in r.images:
+            assert (root / img).is_file()
+
+
+def test_region_boxes_are_relative_to_the_padded_square():
+    wide = Scene((Obj("square", "red", "large", 0.5, 0.5, 0.25, 1),), (200, 200, 200), aspect=2.0)
+    # A 336 × 168 canvas padded to 336 × 336 (84 px bands above and below): the 42-px half-extent square.
+    x1, y1, x2, y2 = wide.norm_box(wide.objects[0], 336)
+    assert (x1, x2) == (0.38, 0.62) and (y1, y2) == (0.38, 0.62)
+    assert all(v == round(v, 2) for v in (x1, y1, x2, y2))
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = write_llava_data(tmp_path / "a", n_pretrain=6, n_finetune=60, image_size=40, seed=3)
+    b = write_llava_data(tmp_path / "b", n_pretrain=6, n_finetune=60, image_size=40, seed=3)
+    assert digest(a) == digest(b)
+    c = write_llava_data(tmp_path / "c", n_pretrain=6, n_finetune=60, image_size=40, seed=4)
+    assert digest(a) != digest(c)
