@@ -14,11 +14,12 @@ def test_eval_writes_answers_scores_and_mlflow(tmp_path):
     import mlflow
 
     train = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}/train", "trainer.enable_progress_bar=false",
-             "data.twin.n_pretrain=32", "data.twin.n_finetune=64", "stages.pretrain.epochs=1", "stages.finetune.epochs=1"]
+             "data.twin.n_pretrain=32", "data.twin.n_finetune=64", "stages.pretrain.epochs=1", "stages.finetune.epochs=1",
+             "eval.after_training=false"]
     res = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     ev = [sys.executable, "eval.py", f"checkpoint={tmp_path}/train", f"hydra.run.dir={tmp_path}/eval",
-          f"data_root={tmp_path}/bench", "benchmarks=[pope,gqa,mmvet]"]
+          f"eval.data_root={tmp_path}/bench", "eval.benchmarks=[pope,gqa,mmvet]"]
     res = subprocess.run(ev, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "bench" / "pope" / "coco" / "coco_pope_random.json").exists()
