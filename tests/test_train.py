@@ -71,3 +71,13 @@ def test_all_masked_guard_stops_the_run(tmp_path):
                 check=False)
     assert res.returncode != 0
     assert "have every label masked" in res.stderr + res.stdout
+
+
+def test_benchmarks_scored_during_training(tmp_path):
+    train(tmp_path, "data.twin.n_pretrain=32", "data.twin.n_finetune=64", "stages.pretrain.epochs=1",
+          "stages.finetune.epochs=2", "eval.during_training.enabled=true", "eval.after_training=false")
+    client, by_stage = runs(tmp_path)
+    run_id = by_stage["finetune"].info.run_id
+    for bench in ("gqa", "pope"):
+        assert len(client.get_metric_history(run_id, f"val/{bench}/score")) == 2  # once per epoch
+    assert not any(k.startswith("val/") for k in by_stage["pretrain"].data.metrics)

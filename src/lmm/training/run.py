@@ -21,7 +21,7 @@ from lmm.models.checkpoint import save_model_dir
 from lmm.models.hd import image_transform_for
 from lmm.text.templates import get_template
 from lmm.tracking import mlflow as track
-from lmm.training.callbacks import MaskedSampleGuard
+from lmm.training.callbacks import BenchmarkDuringTraining, MaskedSampleGuard
 from lmm.training.module import LlavaLitModule
 from lmm.training.stages import format_param_table, load_connector, save_connector
 
@@ -81,6 +81,24 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
+def stage_callbacks(cfg: DictConfig, stage_name: str, tokenizer, processor: SampleProcessor) -> list:
+    """The masked-sample guard always; small benchmarks scored during stage 2 when ``eval.during_training`` is on."""
+    callbacks = [MaskedSampleGuard(cfg.data.max_masked_share, cfg.data.masked_min_samples)]
+    during = cfg.get("eval", {}).get("during_training") or {}
+    if during.get("enabled") and stage_name == "finetune":
+        if cfg.eval.get("synthetic_benchmarks"):
+            from lmm.data.synth.benchmarks import write_synthetic_benchmarks
+
+            write_synthetic_benchmarks(cfg.eval.data_root, cfg.eval.synthetic_benchmarks.n_images,
+                                       cfg.eval.synthetic_benchmarks.image_size, names=list(during.benchmarks))
+        callbacks.append(BenchmarkDuringTraining(
+            tokenizer, processor.template, processor.image_transform, list(during.benchmarks),
+            during.get("data_root") or cfg.eval.data_root, during.get("every_n_epochs", 1), cfg.eval.batch_size,
+            OmegaConf.to_container(cfg.eval.benchmark_options, resolve=True) if cfg.eval.get("benchmark_options")
+            else None))
+    return callbacks
+
+
 def accumulation(stage: DictConfig, trainer_cfg: DictConfig) -> int:
     world = int(trainer_cfg.devices if isinstance(trainer_cfg.devices, int) else 1) * int(trainer_cfg.num_nodes)
     per_step = stage.micro_batch_size * world
@@ -128,7 +146,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             max_epochs=stage.epochs, max_steps=stage.max_steps, accumulate_grad_batches=accum,
             gradient_clip_val=stage.gradient_clip_val, precision=precision, accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=cfg.trainer.strategy,
-            logger=logger, callbacks=[MaskedSampleGuard(cfg.data.max_masked_share, cfg.data.masked_min_samples)],
+            logger=logger, callbacks=stage_callbacks(cfg, name, tokenizer, processor),
             default_root_dir=str(stage_dir), enable_checkpointing=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
             enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
         )
