@@ -14,8 +14,9 @@ def main(cfg: DictConfig) -> float | None:
 
     result = run_training(cfg)
     for name, st in result["stages"].items():
+        model = f"; model: {st['model_dir']}" if st["model_dir"] else ""
         print(f"[{name}] loss {st['first_loss']:.4f} -> {st['last_loss']:.4f} ({st['steps']} steps); "
-              f"checkpoint: {st['checkpoint']}; model: {st['model_dir']}; mlflow run: {st['mlflow_run_id']}")
+              f"checkpoint: {st['checkpoint']}{model}; mlflow run: {st['mlflow_run_id']}")
     for name, scores in (result.get("eval") or {}).get("results", {}).items():
         print(f"[eval {name}] score: {scores.get('score', scores.get('skipped', scores.get('note')))}")
     print(f"MLflow store: {result['tracking_uri']}  (make ui)")

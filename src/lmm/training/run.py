@@ -164,11 +164,13 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
                 "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id,
                 "mlflow_tracking_uri": cfg.logger.tracking_uri, "hd_active": model.hd_active,
                 "tags": run_tags(cfg)}
-        model_dir = save_model_dir(model, tokenizer, spec, stage_dir / "model")
+        # The full model folder (what eval.py loads) is written for the last stage only; earlier stages hand on
+        # their trainable weights (checkpoint + connector file), as LLaVA's stage 1 saves mm_projector.bin only.
+        model_dir = save_model_dir(model, tokenizer, spec, stage_dir / "model") if name == cfg.run_stages[-1] else None
         track.log_artifact(logger, connector_file)
         logger.finalize("success")
         results["stages"][name] = {
-            "checkpoint": str(ckpt), "model_dir": str(model_dir), "mlflow_run_id": logger.run_id,
+            "checkpoint": str(ckpt), "model_dir": str(model_dir) if model_dir else None, "mlflow_run_id": logger.run_id,
             "first_loss": module.first_loss, "last_loss": module.last_loss, "steps": trainer.global_step,
             "data": counts,
         }
