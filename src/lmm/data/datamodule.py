@@ -382,22 +382,17 @@ def build_datamodule(data_cfg: Any, stage_name: str, processor: SampleProcessor,
 
     ``data_cfg[stage_name]`` is the stage's mixture (:func:`lmm.data.mixture.mixture_from_cfg`); top-level keys:
     ``num_workers``, ``on_error`` (skip | raise), ``shard_cache`` (where on-demand conversions go) and, with
-    ``kind: synthetic``, the twin's ``root / n_pretrain / n_finetune / text_only_share / image_size / seed``; with
-    ``twin_enabled`` (``scale=tiny``) the official-layout twin described by ``twin`` is written under ``root``.
+    the synthetic twin's settings (:func:`lmm.data.synth.twin_spec`).
     ``num_image_tokens`` + ``max_length`` enable the over-length count (text tokens + image tokens after the splice).
     Rank and world size come from the trainer unless given."""
     cfg = plain_config(data_cfg)
     if stage_name not in cfg:
         raise ValueError(f"the data config has no stage {stage_name!r}; it has {sorted(k for k in cfg)}")
-    synthetic = None
-    if cfg.get("kind") == "synthetic":  # the small test twin (lmm.data.synthetic)
-        synthetic = {"writer": "basic", **{k: cfg[k] for k in ("root", "n_pretrain", "n_finetune", "text_only_share",
-                                                             "image_size", "seed") if k in cfg}}
-    elif cfg.get("twin_enabled"):  # scale=tiny: the official-layout twin of every source (lmm.data.synth)
-        synthetic = {"writer": "llava", "root": cfg["root"], **cfg["twin"]}
+    from lmm.data.synth import twin_spec
+
     return ShardDataModule(
         mixture_from_cfg(cfg[stage_name]), processor, micro_batch_size, grad_accum, pad_id, seed,
         stage_name=stage_name, num_workers=cfg.get("num_workers", 0) if num_workers is None else num_workers,
         on_error=cfg.get("on_error", "skip"), padding_side=padding_side, num_image_tokens=num_image_tokens,
-        max_length=max_length, cache_dir=cfg.get("shard_cache"), synthetic=synthetic, rank=rank,
+        max_length=max_length, cache_dir=cfg.get("shard_cache"), synthetic=twin_spec(cfg), rank=rank,
         world_size=world_size)

@@ -49,10 +49,11 @@ def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, mic
 
         return build_datamodule(cfg.data, stage_name, processor, micro_batch_size, accum, pad_id, cfg.seed,
                                 num_image_tokens=num_image_tokens, max_length=cfg.model.max_length)
-    if cfg.data.get("twin_enabled"):
-        from lmm.data.synth import write_twin
+    from lmm.data.synth import twin_spec, write_twin
 
-        write_twin({"root": cfg.data.root, **cfg.data.twin})
+    spec = twin_spec(OmegaConf.to_container(cfg.data, resolve=True))
+    if spec:
+        write_twin(spec)
     stage_data = cfg.data[stage_name]
     dataset = LlavaJsonDataset(stage_data.json, stage_data.image_folder, processor, cfg.data.on_error)
     return DataLoader(

@@ -24,6 +24,17 @@ def write_twin(spec: dict[str, Any]) -> Path:
     raise ValueError(f"unknown twin writer {kind!r}; known: llava, basic")
 
 
+def twin_spec(data_cfg: dict) -> dict[str, Any] | None:
+    """The twin a data config asks for (``write_twin``'s argument), or None for real data: ``kind: synthetic`` is
+    the small test twin (``lmm.data.synthetic``); ``twin_enabled`` (``scale=tiny``) the official-layout twin."""
+    if data_cfg.get("kind") == "synthetic":
+        keys = ("root", "n_pretrain", "n_finetune", "text_only_share", "image_size", "seed")
+        return {"writer": "basic", **{k: data_cfg[k] for k in keys if k in data_cfg}}
+    if data_cfg.get("twin_enabled"):
+        return {"writer": "llava", "root": data_cfg["root"], **data_cfg["twin"]}
+    return None
+
+
 def tokenizer_corpus(seed: int = 0) -> list[str]:
     """Text the tiny tokenizer is trained on: template strings and every synthetic source's language."""
     from lmm.data.synthetic import tokenizer_corpus as basic_corpus
