@@ -72,8 +72,8 @@ import-hf: ## Import a llava-hf folder (e.g. llava-1.5-7b-hf) as an lmm model fo
 score: ## Score a predictions file: make score BENCH=pope PRED=answers.jsonl ROOT=playground/data/eval
 	$(PY) -m lmm.evaluation score $(BENCH) --predictions $(PRED) --data-root $(ROOT)
 
-compare: ## Report + charts of all runs vs the paper (outputs/, multirun/) into experiments/reports/latest
-	$(PY) -m lmm.tracking.compare --root . --out experiments/reports/latest $(ARGS)
+compare: ## Report + charts of all runs (outputs/, multirun/) beside the paper's numbers → outputs/compare/
+	$(PY) -m lmm.tracking.compare $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache .pytest_cache .ruff_cache
