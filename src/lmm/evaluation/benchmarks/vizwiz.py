@@ -26,7 +26,7 @@ from lmm.evaluation.benchmarks.base import (
     read_json,
     read_jsonl,
 )
-from lmm.evaluation.benchmarks.vqa_common import VizWizAccuracy
+from lmm.evaluation.benchmarks.vqa_common import SplitFiles, VizWizAccuracy
 from lmm.evaluation.normalize import eval_ai_answer
 
 __all__ = ["VIZWIZ_SUFFIX", "VizWiz", "convert_vizwiz_for_submission"]
@@ -49,7 +49,7 @@ def convert_vizwiz_for_submission(
 
 
 @dataclass(frozen=True)
-class VizWiz(Benchmark):
+class VizWiz(SplitFiles, Benchmark):
     name: str = "vizwiz"
     split: str = "test"  # "test" (paper, EvalAI) or "val" (local ground truth)
 
@@ -60,14 +60,6 @@ class VizWiz(Benchmark):
     }
     IMAGE_FOLDERS: ClassVar[dict[str, str]] = {"test": "vizwiz/test", "val": "vizwiz/val"}
     VAL_ANNOTATIONS: ClassVar[str] = "vizwiz/val.json"
-
-    def __post_init__(self) -> None:
-        if self.split not in self.QUESTION_FILES:
-            raise ValueError(f"vizwiz split must be one of {sorted(self.QUESTION_FILES)}, got {self.split!r}")
-
-    def image_dir(self, data_root: str | Path) -> Path:
-        folder = Path(self.image_folder or self.IMAGE_FOLDERS[self.split])
-        return folder if folder.is_absolute() else Path(data_root) / folder
 
     def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
         data_root = Path(data_root)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torchmetrics
@@ -136,3 +138,19 @@ class TextVQAAccuracy(VQASoftAccuracy):
 
     def question_accuracy(self, pred: str, gts: Sequence[str]) -> float:
         return soft_accuracy(eval_ai_answer(pred), [eval_ai_answer(g) for g in gts])
+
+
+class SplitFiles:
+    """Mixin of the benchmarks scored on EvalAI for the paper's split and locally on val (VQAv2, VizWiz): the
+    question file and image folder follow ``self.split``; an unknown split is an error at construction."""
+
+    QUESTION_FILES: ClassVar[dict[str, str]] = {}
+    IMAGE_FOLDERS: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        if self.split not in self.QUESTION_FILES:
+            raise ValueError(f"{self.name} split must be one of {sorted(self.QUESTION_FILES)}, got {self.split!r}")
+
+    def image_dir(self, data_root: str | Path) -> Path:
+        folder = Path(self.image_folder or self.IMAGE_FOLDERS[self.split])
+        return folder if folder.is_absolute() else Path(data_root) / folder

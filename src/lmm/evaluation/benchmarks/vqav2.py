@@ -33,7 +33,7 @@ from lmm.evaluation.benchmarks.base import (
     read_json,
     read_jsonl,
 )
-from lmm.evaluation.benchmarks.vqa_common import VQAv2Accuracy
+from lmm.evaluation.benchmarks.vqa_common import SplitFiles, VQAv2Accuracy
 from lmm.evaluation.normalize import eval_ai_answer
 
 __all__ = ["VQAv2", "convert_vqav2_for_submission"]
@@ -58,7 +58,7 @@ def convert_vqav2_for_submission(
 
 
 @dataclass(frozen=True)
-class VQAv2(Benchmark):
+class VQAv2(SplitFiles, Benchmark):
     name: str = "vqav2"
     split: str = "test-dev"  # "test-dev" (paper, EvalAI) or "val" (local ground truth)
     annotations: str | None = None  # override of the annotation file (absolute or relative to data_root)
@@ -72,14 +72,6 @@ class VQAv2(Benchmark):
     OFFICIAL_VAL_QUESTIONS: ClassVar[str] = "vqav2/v2_OpenEnded_mscoco_val2014_questions.json"
     VAL_ANNOTATIONS: ClassVar[str] = "vqav2/v2_mscoco_val2014_annotations.json"
     TEST_QUESTIONS: ClassVar[str] = "vqav2/llava_vqav2_mscoco_test2015.jsonl"
-
-    def __post_init__(self) -> None:
-        if self.split not in self.QUESTION_FILES:
-            raise ValueError(f"vqav2 split must be one of {sorted(self.QUESTION_FILES)}, got {self.split!r}")
-
-    def image_dir(self, data_root: str | Path) -> Path:
-        folder = Path(self.image_folder or self.IMAGE_FOLDERS[self.split])
-        return folder if folder.is_absolute() else Path(data_root) / folder
 
     def _question_rows(self, data_root: Path) -> list[dict[str, Any]]:
         path = data_root / self.QUESTION_FILES[self.split]
