@@ -24,14 +24,28 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
+TWIN_KEYS = ("pretrain", "checkpoint")  # a twin block's keys that are not model config (lmm.training.twin_tower)
+
+
 def as_twin(part: dict, what: str) -> dict:
-    """The tiny random twin of a real backbone config: its ``twin`` block replaces the checkpoint."""
-    if part.get("twin") is None:
+    """The tiny twin of a real backbone config: its ``twin`` block replaces the checkpoint. A twin block with a
+    ``checkpoint`` (a pretrained twin's folder, see :mod:`lmm.training.twin_tower`) is loaded from there."""
+    twin = part.get("twin")
+    if twin is None:
         if part.get("name_or_path") or part.get("checkpoint_path"):
             raise ValueError(f"the {what} config names a checkpoint but has no 'twin' block for scale=tiny")
         return part
+    if twin.get("checkpoint"):
+        return {**part, "name_or_path": str(twin["checkpoint"]), "checkpoint_path": None, "tokenizer": None,
+                "dtype": None, "config": None}
+    return twin_tower_config(part)
+
+
+def twin_tower_config(part: dict) -> dict:
+    """``part`` as its random twin (the ``twin`` block, less its non-config keys, is the model config)."""
+    config = {k: v for k, v in part["twin"].items() if k not in TWIN_KEYS}
     return {**part, "name_or_path": None, "checkpoint_path": None, "tokenizer": None, "dtype": None,
-            "config": part["twin"]}
+            "config": config}
 
 
 def build_llava(vision: Any, connector: Any, llm: Any, max_length: int = 2048, tokenizer=None,

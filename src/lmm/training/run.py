@@ -41,6 +41,18 @@ def build_tokenizer(cfg: DictConfig):
     return tok
 
 
+def build_vision_config(cfg: DictConfig) -> dict[str, Any]:
+    """``model.vision``; at ``scale=tiny`` a twin block with ``pretrain`` points at its pretrained twin (trained
+    once into the cache, :mod:`lmm.training.twin_tower`)."""
+    vision = OmegaConf.to_container(cfg.model.vision, resolve=True)
+    twin = vision.get("twin") or {}
+    if cfg.model.twin and twin.get("pretrain") is not None and not twin.get("checkpoint"):
+        from lmm.training.twin_tower import pretrain_twin_tower
+
+        vision["twin"] = {**twin, "checkpoint": str(pretrain_twin_tower(vision, cfg.paths.cache_dir))}
+    return vision
+
+
 def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, micro_batch_size: int, accum: int,
                pad_id: int, num_image_tokens: int):
     """The stage's data: a streaming shard DataModule (``data.loader=shards``) or a map-style JSON loader."""
@@ -117,7 +129,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     cfg_yaml = out_dir / "config.yaml"
     cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
     tokenizer = build_tokenizer(cfg)
-    model = build_llava(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
+    model = build_llava(build_vision_config(cfg), cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
                         twin=cfg.model.twin, hd=cfg.model.get("hd"))
     precision = cfg.trainer.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     sha = track.git_sha()

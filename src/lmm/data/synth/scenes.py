@@ -126,3 +126,21 @@ def render(scene: Scene, size: int = 336) -> Image.Image:
         draw.text(((w - tw) / 2 - box[0], h * 0.22 - th / 2 - box[1]), scene.text, fill=COLORS[scene.text_color],
                   font=font)
     return img
+
+
+def attribute_targets(scene: Scene) -> list[float]:
+    """The scene's attributes as a multi-hot vector (the tiny vision twin's pretraining target): which shapes,
+    colours and columns occur, how many objects, which (column, shape, colour, size) objects, which word in which
+    colour. Its length is ``len(attribute_targets(any_scene))``, fixed."""
+    y = [float(s in scene.shapes()) for s in SHAPES]
+    y += [float(scene.count(color=c) > 0) for c in COLORS]
+    y += [float(len(scene.objects) == n) for n in (1, 2, 3)]
+    at = {o.column: o for o in scene.objects}
+    for col in range(len(POSITIONS)):
+        o = at.get(col)
+        y += [float(o is not None and o.shape == s) for s in SHAPES]
+        y += [float(o is not None and o.color == c) for c in COLORS]
+        y += [float(o is not None and o.size == z) for z in SIZES]
+    y += [float(scene.text == w) for w in WORDS]
+    y += [float(scene.text is not None and scene.text_color == c) for c in COLORS]
+    return y

@@ -35,35 +35,41 @@ IMAGE_DIRS = {"llava_instruct": "coco/train2017", "vqav2": "coco/train2017", "ok
               "aokvqa": "coco/train2017", "refcoco": "coco/train2017", "gqa": "gqa/images",
               "ocrvqa": "ocr_vqa/images", "textcaps": "textvqa/train_images", "vg": "vg/VG_100K"}
 TEXT_SOURCES = {"ocrvqa", "textcaps"}
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3
 
 
 def fmt_box(box: list[float]) -> str:
     return "[" + ", ".join(repr(v) for v in box) + "]"
 
 
+def _at(o) -> str:
+    return "in the middle" if o.side == "middle" else f"on the {o.side}"
+
+
 def short_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    o = rng.choice(scene.objects)
-    absent = [s for s in SHAPES if s not in scene.shapes()]
-    pairs = [(f"What color is the {o.shape} on the {o.side}?" if o.side != "middle" else
-              f"What color is the {o.shape} in the middle?", o.color),
-             ("How many shapes are there?", str(len(scene.objects))),
-             (f"Is there a {o.shape} in the image?", "Yes"),
-             (f"Is the {o.color} {o.shape} large or small?", o.size)]
-    if absent:
-        pairs.append((f"Is there a {rng.choice(absent)} in the image?", "No"))
+    """Every VQAv2-like question of one image (the 665K merges an image's VQA pairs into one conversation):
+    the colour and size of each shape, the count, and the presence of each shape kind (yes and no)."""
+    pairs = [("How many shapes are there?", str(len(scene.objects)))]
+    for o in scene.objects:
+        pairs.append((f"What color is the {o.shape} {_at(o)}?", o.color))
+        if scene.count(o.shape, o.color) == 1:  # "the green square" must name one object
+            pairs.append((f"Is the {o.color} {o.shape} large or small?", o.size))
+    pairs += [(f"Is there a {shape} in the image?", "Yes" if shape in scene.shapes() else "No") for shape in SHAPES]
     rng.shuffle(pairs)
-    return pairs[: rng.randint(2, 4)]
+    return pairs
 
 
 def gqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    o = rng.choice(scene.objects)
-    pairs = [(f"Which side is the {o.color} {o.shape} on?", o.side), (f"What shape is on the {o.side}?"
-             if o.side != "middle" else "What shape is in the middle?", o.shape)]
-    if len(scene.objects) > 1:
-        a, b = rng.sample(scene.objects, 2)
+    pairs = []
+    for o in scene.objects:
+        pairs.append((f"What shape is {_at(o)}?", o.shape))
+        if scene.count(o.shape, o.color) == 1:
+            pairs.append((f"Which side is the {o.color} {o.shape} on?", o.side))
+    named = [o for o in scene.objects if scene.count(o.shape, o.color) == 1]
+    if len(named) > 1:
+        a, b = rng.sample(named, 2)
         rel = "left" if a.column < b.column else "right"
-        pairs.append((f"Is the {a.shape} to the left or to the right of the {b.color} {b.shape}?", rel))
+        pairs.append((f"Is the {a.color} {a.shape} to the left or to the right of the {b.color} {b.shape}?", rel))
     rng.shuffle(pairs)
     return pairs
 
@@ -110,8 +116,10 @@ def gen_okvqa(scene, rng, size):
 def gen_gqa(scene, rng, size):
     from lmm.data.synth.bench_gqa import gqa_qa_pairs  # one question generator for GQA train and testdev
 
-    pairs = gqa_pairs(scene, rng)[:1] + gqa_qa_pairs(scene, rng)
-    return [(q + "\n" + SHORT, a) for q, a in pairs]
+    pairs = dict(gqa_pairs(scene, rng)[:2])
+    for _ in range(3):
+        pairs.update(gqa_qa_pairs(scene, rng))
+    return [(q + "\n" + SHORT, a) for q, a in pairs.items()]
 
 
 def gen_ocrvqa(scene, rng, size):

@@ -1,0 +1,92 @@
+"""A tiny twin of a *pretrained* vision tower, built offline.
+
+LLaVA freezes a pretrained CLIP whose patch features already name what is in the picture; the connector and the
+LLM only have to read them. A frozen *random* tower is no twin of that: on the synthetic scenes its patch features
+mix a shape with its colour (a linear probe, max-pooled over patches, finds a shape in 68–74 % of scenes where
+chance is 53 %), and a tiny LLM trained on them learns colours and counts but never which shapes are present. So a
+twin block may carry ``pretrain:``: the random twin is first trained once on rendered synthetic scenes — a linear
+head on the features of the layer LLaVA reads (``select_layer``), max-pooled over patches, predicts the scene's
+attributes (:func:`lmm.data.synth.scenes.attribute_targets`) — and saved as a transformers checkpoint under the cache,
+which ``from_pretrained`` then loads like the real tower. The same probe then finds a shape in 95–99 % of scenes.
+Deterministic under ``seed`` (on one machine); cached by a hash of the twin config, like the tiny tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lmm.data.images import ImageTransform
+from lmm.data.synth.scenes import attribute_targets, make_scene, render
+from lmm.models.build import twin_tower_config
+from lmm.models.vision import build_vision_tower
+
+log = logging.getLogger(__name__)
+TOWER_VERSION = 1
+DEFAULTS = {"steps": 800, "batch_size": 128, "lr": 2.0e-3, "weight_decay": 0.05, "render_size": 64,
+            "text_prob": 0.3, "seed": 0}
+
+
+def _scene_batch(rng: random.Random, transform: ImageTransform, n: int, render_size: int, text_prob: float):
+    images, targets = [], []
+    for _ in range(n):
+        scene = make_scene(rng, text_prob=text_prob, aspects=(1.0, 4 / 3, 3 / 4))
+        buffer = io.BytesIO()
+        render(scene, render_size).save(buffer, format="JPEG", quality=95)  # as the synthetic data is stored
+        images.append(transform(Image.open(buffer)))
+        targets.append(attribute_targets(scene))
+    return torch.stack(images), torch.tensor(targets)
+
+
+def pretrain_twin_tower(vision: dict[str, Any], cache_dir: str | Path) -> Path:
+    """Train (or find in ``cache_dir/towers``) the pretrained twin of the vision config ``vision`` (a
+    ``model/vision`` group dict whose ``twin`` block has ``pretrain``); returns the checkpoint folder."""
+    twin = dict(vision["twin"])
+    settings = {**DEFAULTS, **(twin.pop("pretrain") or {})}
+    if vision.get("kind", "hf") != "hf":
+        raise ValueError("twin pretraining supports transformers towers (kind: hf) only")
+    key = {"v": TOWER_VERSION, "model_type": vision.get("model_type", "clip"), "config": twin,
+           "select_layer": vision.get("select_layer", -2), "select_feature": vision.get("select_feature", "patch"),
+           "pretrain": settings}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / "towers" / f"{key['model_type']}-{digest}"
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(settings["seed"])
+    tower = build_vision_tower(**twin_tower_config(vision))
+    model = tower.model.train().requires_grad_(True)
+    rng = random.Random(settings["seed"])
+    transform = ImageTransform(tower.image_size, "pad", tower.image_mean, tower.image_std)
+    n_targets = len(_scene_batch(rng, transform, 1, 8, 0.0)[1][0])
+    head = torch.nn.Linear(tower.hidden_size, n_targets)
+    params = [*model.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    start, first = time.time(), None
+    for _ in range(settings["steps"]):
+        x, y = _scene_batch(rng, transform, settings["batch_size"], settings["render_size"], settings["text_prob"])
+        hidden = model(pixel_values=x, output_hidden_states=True).hidden_states[tower.select_layer]
+        loss = F.binary_cross_entropy_with_logits(head(tower._select(hidden)).amax(dim=1), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    log.info("pretrained the vision twin %s: %d steps, attribute loss %.3f → %.3f, %.0f s", folder.name,
+             settings["steps"], first, loss.item(), time.time() - start)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval().save_pretrained(str(tmp))
+    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": loss.item()}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
