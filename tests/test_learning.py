@@ -2,12 +2,14 @@
 synthetic 665K-like mixture, scored through the real evaluation path (the evaluation that follows train.py, i.e.
 eval.py's code, and the official-exact scorers) on the synthetic VQAv2-, GQA- and POPE-like benchmarks.
 
-Measured on this 2-core CPU (seeded, 96 benchmark images; ≈ 5.5 min with the tower twin's one-off pretraining):
-counting 100 % (chance 33 %), GQA-like ≈ 49–58 % (chance ≈ 40 %, computed below from the question kinds).
-NOT reached: object presence — POPE-like accuracy stays at ≈ 50 % (chance 50 %) and VQAv2-like "is there a"
-at 53–62 %: the tiny LLM does not learn to match a shape named in the question against the image within this budget
-(in isolation, presence-only training reaches ≈ 75 % after 750 steps of 32). The test prints every number and
-asserts only what the twin does learn.
+Measured on this 2-core CPU (seeded, 96 benchmark images, ≈ 5 min + 1.5 min for the tower twin's one-off
+pretraining when not cached): counting 100 % (chance 33 %); GQA-like 47–50 % (chance 40 %, computed below from the
+question kinds), its open questions (colour / side / shape) 53–60 % (chance 31 %), its binary ones at chance.
+NOT reached: object presence — POPE-like accuracy stays at 50 % (chance 50 %; POPE asks one image a yes and a no
+question, so guessing from the number of objects scores exactly chance) and VQAv2-like "is there a" at 52–55 %:
+the tiny LLM does not learn to match a shape named in the question against the image within this budget (trained on
+presence questions alone it reaches ≈ 75 % after 750 steps of 32). The test prints every number and asserts only what
+the twin does learn.
 """
 
 import json
@@ -25,10 +27,11 @@ TRAIN = ["data.twin.n_pretrain=2048", "data.twin.n_finetune=16000", "stages.pret
 GQA_CHOICES = {"color": 4, "hposition": 3, "name": 3}  # open queries; every binary question has 2 answers
 
 
-def gqa_chance(gt: dict) -> float:
-    """Expected accuracy of guessing uniformly among each question's possible answers, in %."""
+def gqa_chance(gt: dict, structural: str | None = None) -> float:
+    """Expected accuracy (%) of guessing uniformly among each question's possible answers (of one structural type:
+    ``query`` = the open questions)."""
     chance = [1 / GQA_CHOICES[q["semantic"][-1]["argument"]] if q["types"]["structural"] == "query" else 0.5
-              for q in gt.values()]
+              for q in gt.values() if structural in (None, q["types"]["structural"])]
     return 100 * sum(chance) / len(chance)
 
 
@@ -41,12 +44,15 @@ def test_tiny_twin_learns(tmp_path):
     scores = {b: json.loads((tmp_path / "eval" / b / "scores.json").read_text()) for b in ("vqav2", "gqa", "pope")}
     per_type = scores["vqav2"]["per_question_type"]
     pope_acc = sum(scores["pope"][s]["accuracy"] for s in ("adversarial", "popular", "random")) / 3
-    chance = gqa_chance(json.loads((bench / "gqa" / "data" / "testdev_balanced_questions.json").read_text()))
+    gt = json.loads((bench / "gqa" / "data" / "testdev_balanced_questions.json").read_text())
+    chance, open_chance, gqa = gqa_chance(gt), gqa_chance(gt, "query"), scores["gqa"]
     print(f"VQAv2-like counting {per_type['how many']:.1f} (chance 33.3), colour {per_type['what color is the']:.1f} "
-          f"(chance 25.0), presence {per_type['is there a']:.1f} (chance 50.0); GQA-like {scores['gqa']['score']:.1f} "
-          f"(chance {chance:.1f}); POPE-like accuracy {pope_acc:.1f} (chance 50.0)")
+          f"(chance 25.0), presence {per_type['is there a']:.1f} (chance 50.0); GQA-like {gqa['score']:.1f} "
+          f"(chance {chance:.1f}): open {gqa['open']:.1f} (chance {open_chance:.1f}), binary {gqa['binary']:.1f} "
+          f"(chance 50.0); POPE-like accuracy {pope_acc:.1f} (chance 50.0)")
     assert per_type["how many"] >= 70
-    assert scores["gqa"]["score"] >= chance + 5
+    assert gqa["open"] >= open_chance + 10
+    assert gqa["score"] >= chance + 3
     # Short answers where the format prompt asks for them (every VQAv2-like question carries it).
     answers = [json.loads(x)["text"] for x in (tmp_path / "eval" / "vqav2" / "answers.jsonl").read_text().splitlines()]
     assert answers and sum(len(a.split()) <= 2 for a in answers) / len(answers) >= 0.95

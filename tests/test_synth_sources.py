@@ -6,15 +6,10 @@ import random
 import re
 from collections import Counter
 
-import torch
-
 from lmm.data.records import parse_record
 from lmm.data.sources import SourceTagger
-from lmm.data.synth.scenes import SHAPES, Obj, Scene, attribute_targets, make_scene
+from lmm.data.synth.scenes import SHAPES, Obj, Scene, make_scene
 from lmm.data.synth.sources import LETTER, SHORT, gen_gqa, gen_vqav2, source_counts, write_llava_data
-from lmm.models.build import as_twin, twin_tower_config
-from lmm.models.vision import build_vision_tower
-from lmm.training.twin_tower import pretrain_twin_tower
 
 
 def digest(root):
@@ -76,25 +71,3 @@ def test_vqa_twins_merge_an_images_questions_into_one_conversation():
         assert len(turns) == 4 + len(scene.objects) + unique
         gqa = gen_gqa(scene, rng, 64)
         assert len(gqa) >= 2 and len({q for q, _ in gqa}) == len(gqa)
-
-
-def test_pretrained_tower_twin(tmp_path):
-    """A twin block with ``pretrain`` is trained once into the cache, saved as a transformers checkpoint and loaded
-    through from_pretrained; a second request finds the cache."""
-    assert len({len(attribute_targets(make_scene(random.Random(k), text_prob=0.5))) for k in range(20)}) == 1
-    vision = {"kind": "hf", "model_type": "clip", "name_or_path": "openai/clip-vit-large-patch14-336",
-              "select_layer": -2, "select_feature": "patch",
-              "twin": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8, "pretrain": {"steps": 3, "batch_size": 4}}}
-    folder = pretrain_twin_tower(vision, tmp_path)
-    assert (folder / "config.json").exists() and (folder / "lmm_twin_pretrain.json").exists()
-    stamp = (folder / "config.json").stat().st_mtime_ns
-    assert pretrain_twin_tower(vision, tmp_path) == folder and (folder / "config.json").stat().st_mtime_ns == stamp
-    loaded = build_vision_tower(**as_twin({**vision, "twin": {**vision["twin"], "checkpoint": str(folder)}}, "vision"))
-    torch.manual_seed(0)
-    random_twin = build_vision_tower(**twin_tower_config(vision))
-    assert loaded.num_patches == random_twin.num_patches == 16
-    trained = dict(loaded.model.named_parameters())
-    assert any(not torch.equal(p, trained[k]) for k, p in random_twin.model.named_parameters())
-    x = torch.randn(2, 3, 32, 32)
-    assert loaded(x).shape == (2, 16, 32)

@@ -38,10 +38,10 @@ def as_twin(part: dict, what: str) -> dict:
     if twin.get("checkpoint"):
         return {**part, "name_or_path": str(twin["checkpoint"]), "checkpoint_path": None, "tokenizer": None,
                 "dtype": None, "config": None}
-    return twin_tower_config(part)
+    return random_twin_config(part)
 
 
-def twin_tower_config(part: dict) -> dict:
+def random_twin_config(part: dict) -> dict:
     """``part`` as its random twin (the ``twin`` block, less its non-config keys, is the model config)."""
     config = {k: v for k, v in part["twin"].items() if k not in TWIN_KEYS}
     return {**part, "name_or_path": None, "checkpoint_path": None, "tokenizer": None, "dtype": None,

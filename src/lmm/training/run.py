@@ -53,6 +53,19 @@ def build_vision_config(cfg: DictConfig) -> dict[str, Any]:
     return vision
 
 
+def build_llm_config(cfg: DictConfig, tokenizer) -> dict[str, Any]:
+    """``model.llm``; at ``scale=tiny`` a twin block with ``pretrain`` points at its chat-tuned twin (trained once
+    into the cache on the twin world's text, :mod:`lmm.training.twin_llm`)."""
+    llm = OmegaConf.to_container(cfg.model.llm, resolve=True)
+    twin = llm.get("twin") or {}
+    if cfg.model.twin and twin.get("pretrain") is not None and not twin.get("checkpoint"):
+        from lmm.training.twin_llm import pretrain_twin_llm
+
+        folder = pretrain_twin_llm(llm, tokenizer, llm.get("chat_template") or "vicuna_v1", cfg.paths.cache_dir)
+        llm["twin"] = {**twin, "checkpoint": str(folder)}
+    return llm
+
+
 def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, micro_batch_size: int, accum: int,
                pad_id: int, num_image_tokens: int):
     """The stage's data: a streaming shard DataModule (``data.loader=shards``) or a map-style JSON loader."""
@@ -129,7 +142,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     cfg_yaml = out_dir / "config.yaml"
     cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
     tokenizer = build_tokenizer(cfg)
-    model = build_llava(build_vision_config(cfg), cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
+    model = build_llava(build_vision_config(cfg), cfg.model.connector, build_llm_config(cfg, tokenizer), cfg.model.max_length, tokenizer,
                         twin=cfg.model.twin, hd=cfg.model.get("hd"))
     precision = cfg.trainer.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     sha = track.git_sha()

@@ -29,7 +29,7 @@ from PIL import Image
 
 from lmm.data.images import ImageTransform
 from lmm.data.synth.scenes import attribute_targets, make_scene, render
-from lmm.models.build import twin_tower_config
+from lmm.models.build import random_twin_config
 from lmm.models.vision import build_vision_tower
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def pretrain_twin_tower(vision: dict[str, Any], cache_dir: str | Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(settings["seed"])
-    tower = build_vision_tower(**twin_tower_config(vision))
+    tower = build_vision_tower(**random_twin_config(vision))
     model = tower.model.train().requires_grad_(True)
     rng = random.Random(settings["seed"])
     transform = ImageTransform(tower.image_size, "pad", tower.image_mean, tower.image_std)

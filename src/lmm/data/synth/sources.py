@@ -177,6 +177,15 @@ GENERATORS: dict[str, Callable] = {
 }
 
 
+def described_conversation(rng: random.Random) -> list[tuple[str, str]]:
+    """A text-only conversation about a scene described in words where an image would be (the twin world's
+    chat data, for pretraining an LLM twin): the scene's caption, then the questions of an image source."""
+    scene = make_scene(rng)
+    gen = rng.choice((gen_llava_instruct, gen_vqav2, gen_gqa, gen_okvqa))
+    turns = gen(scene, rng, 64)
+    return [(f"{scene.caption()}\n{turns[0][0]}", turns[0][1]), *turns[1:]]
+
+
 def source_counts(total: int) -> dict[str, int]:
     """Per-source sample counts for a ``total``-sample twin, in the 665K shares (every source ≥ 1)."""
     full = sum(MIX665K_COUNTS.values())

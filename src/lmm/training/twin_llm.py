@@ -1,0 +1,77 @@
+"""A tiny twin of a *pretrained, chat-tuned* LLM, built offline (opt-in: ``model.llm.twin.pretrain``).
+
+Vicuna arrives knowing its language and how to answer about what its context says; LLaVA's stage 1 only teaches the
+connector to put image features where the LLM's words are. A random LLM twin knows nothing, so stage 1 cannot
+align anything (caption loss 6.9 → 6.7 on the synthetic captions) and stage 2 must learn language and vision at
+once. With ``pretrain`` the random twin is first trained, once, on text conversations of the twin world (a scene
+described in words, then the questions of an image source: :func:`lmm.data.synth.sources.described_conversation`) in
+the LLM's chat template, and saved as a transformers checkpoint under the cache that ``from_pretrained`` loads like
+the real LLM. Then stage 1 aligns (caption loss 4.1 → 1.0 in 128 steps). Cached by a hash of the twin config, the
+tokenizer and the template; deterministic under ``seed`` (on one machine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmm.data.batch import Example, collate
+from lmm.data.synth.sources import described_conversation
+from lmm.models.build import random_twin_config
+from lmm.models.llm import build_llm
+from lmm.text.templates import get_template
+from lmm.text.tokenize import tokenize_conversation
+
+log = logging.getLogger(__name__)
+LLM_TWIN_VERSION = 1
+DEFAULTS = {"steps": 800, "batch_size": 16, "lr": 1.0e-3, "seed": 0}
+
+
+def pretrain_twin_llm(llm: dict[str, Any], tokenizer, template: str, cache_dir: str | Path) -> Path:
+    """Train (or find in ``cache_dir/llms``) the chat-tuned twin of the LLM config ``llm`` (a ``model/llm`` group
+    dict whose ``twin`` block has ``pretrain``); returns the checkpoint folder."""
+    twin = dict(llm["twin"])
+    settings = {**DEFAULTS, **(twin.pop("pretrain") or {})}
+    config = random_twin_config(llm)["config"]
+    config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()[:12]
+    key = {"v": LLM_TWIN_VERSION, "model_type": llm.get("model_type", "llama"), "config": config,
+           "template": template, "vocab": vocab, "pretrain": settings}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / "llms" / f"{key['model_type']}-{digest}"
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(settings["seed"])
+    model = build_llm(config=config, model_type=key["model_type"]).train()
+    rng, tpl = random.Random(settings["seed"]), get_template(template)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
+    start, first = time.time(), None
+    for _ in range(settings["steps"]):
+        examples = []
+        for _ in range(settings["batch_size"]):
+            tok = tokenize_conversation(described_conversation(rng), tpl, tokenizer)
+            examples.append(Example("text", tok.input_ids, tok.labels, None))
+        batch = collate(examples, tokenizer.pad_token_id)
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    log.info("pretrained the LLM twin %s: %d steps, answer loss %.3f → %.3f, %.0f s", folder.name,
+             settings["steps"], first, loss.item(), time.time() - start)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval().save_pretrained(str(tmp))
+    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": loss.item()}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
