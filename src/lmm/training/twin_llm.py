@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from lmm.models.build import random_twin_config
 from lmm.models.llm import build_llm
 from lmm.text.templates import get_template
 from lmm.text.tokenize import tokenize_conversation
+from lmm.training.twin_tower import save_twin, twin_folder
 
 log = logging.getLogger(__name__)
 LLM_TWIN_VERSION = 1
@@ -46,8 +46,7 @@ def pretrain_twin_llm(llm: dict[str, Any], tokenizer, template: str, cache_dir: 
     vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()[:12]
     key = {"v": LLM_TWIN_VERSION, "model_type": llm.get("model_type", "llama"), "config": config,
            "template": template, "vocab": vocab, "pretrain": settings}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / "llms" / f"{key['model_type']}-{digest}"
+    folder = twin_folder(cache_dir, "llms", key)
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(settings["seed"])
@@ -68,10 +67,4 @@ def pretrain_twin_llm(llm: dict[str, Any], tokenizer, template: str, cache_dir: 
         first = loss.item() if first is None else first
     log.info("pretrained the LLM twin %s: %d steps, answer loss %.3f → %.3f, %.0f s", folder.name,
              settings["steps"], first, loss.item(), time.time() - start)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().save_pretrained(str(tmp))
-    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": loss.item()}, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    return save_twin(model, folder, key, loss.item())

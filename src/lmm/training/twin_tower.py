@@ -59,8 +59,7 @@ def pretrain_twin_tower(vision: dict[str, Any], cache_dir: str | Path) -> Path:
     key = {"v": TOWER_VERSION, "model_type": vision.get("model_type", "clip"), "config": twin,
            "select_layer": vision.get("select_layer", -2), "select_feature": vision.get("select_feature", "patch"),
            "pretrain": settings}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / "towers" / f"{key['model_type']}-{digest}"
+    folder = twin_folder(cache_dir, "towers", key)
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(settings["seed"])
@@ -83,10 +82,22 @@ def pretrain_twin_tower(vision: dict[str, Any], cache_dir: str | Path) -> Path:
         first = loss.item() if first is None else first
     log.info("pretrained the vision twin %s: %d steps, attribute loss %.3f → %.3f, %.0f s", folder.name,
              settings["steps"], first, loss.item(), time.time() - start)
+    return save_twin(model, folder, key, loss.item())
+
+
+def twin_folder(cache_dir: str | Path, kind: str, key: dict[str, Any]) -> Path:
+    """Where the pretrained twin described by ``key`` lives: ``cache_dir/kind/<model_type>-<hash of key>``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / kind / f"{key['model_type']}-{digest}"
+
+
+def save_twin(model, folder: Path, key: dict[str, Any], final_loss: float) -> Path:
+    """``save_pretrained`` into ``folder`` atomically (a half-written folder is never found by the cache check),
+    with the key and the final loss in ``lmm_twin_pretrain.json``."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.eval().save_pretrained(str(tmp))
-    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": loss.item()}, indent=1))
+    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": final_loss}, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
