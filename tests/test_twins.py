@@ -24,7 +24,9 @@ def test_pretrained_tower_twin(tmp_path):
               "select_layer": -2, "select_feature": "patch",
               "twin": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                        "image_size": 32, "patch_size": 8, "pretrain": {"steps": 3, "batch_size": 4}}}
+    rng_state = torch.get_rng_state()
     folder = pretrain_twin_tower(vision, tmp_path)
+    assert torch.equal(torch.get_rng_state(), rng_state)  # a run starts alike whether the twin was cached or not
     assert (folder / "config.json").exists() and (folder / "lmm_twin_pretrain.json").exists()
     stamp = (folder / "config.json").stat().st_mtime_ns
     assert pretrain_twin_tower(vision, tmp_path) == folder and (folder / "config.json").stat().st_mtime_ns == stamp

@@ -49,7 +49,13 @@ def pretrain_twin_llm(llm: dict[str, Any], tokenizer, template: str, cache_dir: 
     folder = twin_folder(cache_dir, "llms", key)
     if (folder / "config.json").exists():
         return folder
-    torch.manual_seed(settings["seed"])
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is the same whether the twin was cached or not
+        torch.manual_seed(settings["seed"])
+        return _pretrain(llm, config, tokenizer, template, settings, key, folder)
+
+
+def _pretrain(llm: dict[str, Any], config: dict, tokenizer, template: str, settings: dict, key: dict,
+              folder: Path) -> Path:
     model = build_llm(config=config, model_type=key["model_type"]).train()
     rng, tpl = random.Random(settings["seed"]), get_template(template)
     opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)

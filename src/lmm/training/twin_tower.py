@@ -62,7 +62,12 @@ def pretrain_twin_tower(vision: dict[str, Any], cache_dir: str | Path) -> Path:
     folder = twin_folder(cache_dir, "towers", key)
     if (folder / "config.json").exists():
         return folder
-    torch.manual_seed(settings["seed"])
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is the same whether the twin was cached or not
+        torch.manual_seed(settings["seed"])
+        return _pretrain(vision, settings, key, folder)
+
+
+def _pretrain(vision: dict[str, Any], settings: dict, key: dict, folder: Path) -> Path:
     tower = build_vision_tower(**random_twin_config(vision))
     model = tower.model.train().requires_grad_(True)
     rng = random.Random(settings["seed"])
