@@ -35,7 +35,7 @@ IMAGE_DIRS = {"llava_instruct": "coco/train2017", "vqav2": "coco/train2017", "ok
               "aokvqa": "coco/train2017", "refcoco": "coco/train2017", "gqa": "gqa/images",
               "ocrvqa": "ocr_vqa/images", "textcaps": "textvqa/train_images", "vg": "vg/VG_100K"}
 TEXT_SOURCES = {"ocrvqa", "textcaps"}
-SYNTH_VERSION = 3
+SYNTH_VERSION = 4
 
 
 def fmt_box(box: list[float]) -> str:
