@@ -14,16 +14,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from lmm.data.synth.scenes import COLORS, NUMBER_WORDS, SHAPES
 from lmm.text.templates import TEMPLATES
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
-SHAPES = ("circle", "square", "triangle")
 SIDES = ("left", "right")
 CAPTION_PROMPTS = ("Describe the image concisely.", "Give a brief description of the picture.",
                    "Summarize the visual content of the image.", "Write a short caption for the photo.")
 RENDER_VERSION = 2  # part of the cache key: bump when rendering or text generation changes
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
 @dataclass(frozen=True)

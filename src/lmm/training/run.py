@@ -41,29 +41,29 @@ def build_tokenizer(cfg: DictConfig):
     return tok
 
 
-def build_vision_config(cfg: DictConfig) -> dict[str, Any]:
-    """``model.vision``; at ``scale=tiny`` a twin block with ``pretrain`` points at its pretrained twin (trained
-    once into the cache, :mod:`lmm.training.twin_tower`)."""
-    vision = OmegaConf.to_container(cfg.model.vision, resolve=True)
-    twin = vision.get("twin") or {}
+def _with_pretrained_twin(cfg: DictConfig, part: str, pretrain) -> dict[str, Any]:
+    """``model.<part>`` as a dict; at ``scale=tiny`` a twin block with ``pretrain`` gets the ``checkpoint`` that
+    ``pretrain(part_dict)`` trains once into the cache (or finds there)."""
+    conf = OmegaConf.to_container(cfg.model[part], resolve=True)
+    twin = conf.get("twin") or {}
     if cfg.model.twin and twin.get("pretrain") is not None and not twin.get("checkpoint"):
-        from lmm.training.twin_tower import pretrain_twin_tower
+        conf["twin"] = {**twin, "checkpoint": str(pretrain(conf))}
+    return conf
 
-        vision["twin"] = {**twin, "checkpoint": str(pretrain_twin_tower(vision, cfg.paths.cache_dir))}
-    return vision
+
+def build_vision_config(cfg: DictConfig) -> dict[str, Any]:
+    """``model.vision``, its twin pretrained if asked (:mod:`lmm.training.twin_tower`)."""
+    from lmm.training.twin_tower import pretrain_twin_tower
+
+    return _with_pretrained_twin(cfg, "vision", lambda v: pretrain_twin_tower(v, cfg.paths.cache_dir))
 
 
 def build_llm_config(cfg: DictConfig, tokenizer) -> dict[str, Any]:
-    """``model.llm``; at ``scale=tiny`` a twin block with ``pretrain`` points at its chat-tuned twin (trained once
-    into the cache on the twin world's text, :mod:`lmm.training.twin_llm`)."""
-    llm = OmegaConf.to_container(cfg.model.llm, resolve=True)
-    twin = llm.get("twin") or {}
-    if cfg.model.twin and twin.get("pretrain") is not None and not twin.get("checkpoint"):
-        from lmm.training.twin_llm import pretrain_twin_llm
+    """``model.llm``, its twin chat-tuned on the twin world's text if asked (:mod:`lmm.training.twin_llm`)."""
+    from lmm.training.twin_llm import pretrain_twin_llm
 
-        folder = pretrain_twin_llm(llm, tokenizer, llm.get("chat_template") or "vicuna_v1", cfg.paths.cache_dir)
-        llm["twin"] = {**twin, "checkpoint": str(folder)}
-    return llm
+    return _with_pretrained_twin(cfg, "llm", lambda m: pretrain_twin_llm(
+        m, tokenizer, m.get("chat_template") or "vicuna_v1", cfg.paths.cache_dir))
 
 
 def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, micro_batch_size: int, accum: int,

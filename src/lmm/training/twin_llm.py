@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,11 @@ from lmm.models.build import random_twin_config
 from lmm.models.llm import build_llm
 from lmm.text.templates import get_template
 from lmm.text.tokenize import tokenize_conversation
-from lmm.training.twin_tower import save_twin, twin_folder
+from lmm.training.twin_tower import fit, save_twin, twin_folder
 
 log = logging.getLogger(__name__)
 LLM_TWIN_VERSION = 1
-DEFAULTS = {"steps": 800, "batch_size": 16, "lr": 1.0e-3, "seed": 0}
+DEFAULTS = {"steps": 800, "batch_size": 16, "lr": 1.0e-3, "weight_decay": 0.0, "seed": 0}
 
 
 def pretrain_twin_llm(llm: dict[str, Any], tokenizer, template: str, cache_dir: str | Path) -> Path:
@@ -58,19 +57,14 @@ def _pretrain(llm: dict[str, Any], config: dict, tokenizer, template: str, setti
               folder: Path) -> Path:
     model = build_llm(config=config, model_type=key["model_type"]).train()
     rng, tpl = random.Random(settings["seed"]), get_template(template)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
-    start, first = time.time(), None
-    for _ in range(settings["steps"]):
+
+    def step_loss() -> torch.Tensor:
         examples = []
         for _ in range(settings["batch_size"]):
             tok = tokenize_conversation(described_conversation(rng), tpl, tokenizer)
             examples.append(Example("text", tok.input_ids, tok.labels, None))
         batch = collate(examples, tokenizer.pad_token_id)
-        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        first = loss.item() if first is None else first
-    log.info("pretrained the LLM twin %s: %d steps, answer loss %.3f → %.3f, %.0f s", folder.name,
-             settings["steps"], first, loss.item(), time.time() - start)
-    return save_twin(model, folder, key, loss.item())
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+
+    loss = fit(step_loss, list(model.parameters()), settings, f"LLM twin {folder.name}")
+    return save_twin(model, folder, key, loss)

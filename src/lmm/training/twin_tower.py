@@ -74,20 +74,29 @@ def _pretrain(vision: dict[str, Any], settings: dict, key: dict, folder: Path) -
     transform = ImageTransform(tower.image_size, "pad", tower.image_mean, tower.image_std)
     n_targets = len(_scene_batch(rng, transform, 1, 8, 0.0)[1][0])
     head = torch.nn.Linear(tower.hidden_size, n_targets)
-    params = [*model.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
-    start, first = time.time(), None
-    for _ in range(settings["steps"]):
+
+    def step_loss() -> torch.Tensor:
         x, y = _scene_batch(rng, transform, settings["batch_size"], settings["render_size"], settings["text_prob"])
         hidden = model(pixel_values=x, output_hidden_states=True).hidden_states[tower.select_layer]
-        loss = F.binary_cross_entropy_with_logits(head(tower._select(hidden)).amax(dim=1), y)
+        return F.binary_cross_entropy_with_logits(head(tower._select(hidden)).amax(dim=1), y)
+
+    loss = fit(step_loss, [*model.parameters(), *head.parameters()], settings, f"vision twin {folder.name}")
+    return save_twin(model, folder, key, loss)
+
+
+def fit(step_loss, params, settings: dict, what: str) -> float:
+    """AdamW for ``settings['steps']`` steps on ``step_loss()`` (a fresh batch each call); returns the last loss."""
+    opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0))
+    start, first = time.time(), None
+    for _ in range(settings["steps"]):
+        loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         first = loss.item() if first is None else first
-    log.info("pretrained the vision twin %s: %d steps, attribute loss %.3f → %.3f, %.0f s", folder.name,
-             settings["steps"], first, loss.item(), time.time() - start)
-    return save_twin(model, folder, key, loss.item())
+    log.info("pretrained the %s: %d steps, loss %.3f → %.3f, %.0f s", what, settings["steps"], first, loss.item(),
+             time.time() - start)
+    return loss.item()
 
 
 def twin_folder(cache_dir: str | Path, kind: str, key: dict[str, Any]) -> Path:
