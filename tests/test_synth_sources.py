@@ -9,7 +9,16 @@ from collections import Counter
 from lmm.data.records import parse_record
 from lmm.data.sources import SourceTagger
 from lmm.data.synth.scenes import SHAPES, Obj, Scene, make_scene
-from lmm.data.synth.sources import LETTER, SHORT, gen_gqa, gen_vqav2, source_counts, write_llava_data
+from lmm.data.synth.sources import (
+    EXISTENCE,
+    LETTER,
+    SHORT,
+    existence_first,
+    gen_gqa,
+    gen_vqav2,
+    source_counts,
+    write_llava_data,
+)
 
 
 def digest(root):
@@ -71,3 +80,15 @@ def test_vqa_twins_merge_an_images_questions_into_one_conversation():
         assert len(turns) == 4 + len(scene.objects) + unique
         gqa = gen_gqa(scene, rng, 64)
         assert len(gqa) >= 2 and len({q for q, _ in gqa}) == len(gqa)
+        for conv in (pairs, gqa):  # no existence question can be answered from an earlier turn's text
+            for k, (q, _) in enumerate(conv):
+                if q.startswith(EXISTENCE):
+                    earlier = " ".join(f"{q2.split(chr(10))[0]} {a2}" for q2, a2 in conv[:k] if not q2.startswith(EXISTENCE))
+                    assert not any(shape in earlier for shape in SHAPES), (q, conv)
+
+
+def test_existence_questions_go_before_the_first_turn_that_names_a_shape():
+    pairs = [("How many shapes are there?", "2"), ("What color is the circle?", "red"), ("Is there a square?", "No"),
+             ("What shape is on the left?", "circle"), ("Are there both a circle and a square?", "no")]
+    assert existence_first(pairs) == [pairs[0], pairs[2], pairs[4], pairs[1], pairs[3]]
+    assert existence_first(pairs[:1]) == pairs[:1]

@@ -35,7 +35,7 @@ IMAGE_DIRS = {"llava_instruct": "coco/train2017", "vqav2": "coco/train2017", "ok
               "aokvqa": "coco/train2017", "refcoco": "coco/train2017", "gqa": "gqa/images",
               "ocrvqa": "ocr_vqa/images", "textcaps": "textvqa/train_images", "vg": "vg/VG_100K"}
 TEXT_SOURCES = {"ocrvqa", "textcaps"}
-SYNTH_VERSION = 4
+SYNTH_VERSION = 5
 
 
 def fmt_box(box: list[float]) -> str:
@@ -46,9 +46,24 @@ def _at(o) -> str:
     return "in the middle" if o.side == "middle" else f"on the {o.side}"
 
 
+EXISTENCE = ("Is there a ", "Are there both ")
+
+
+def existence_first(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A merged conversation with its existence questions moved (in their order) to just before the first turn
+    whose question or answer names a shape. Asked after "What color is the circle?", "Is there a circle?" is
+    answered by the text alone, and a model learns that shortcut instead of looking for the circle in the image;
+    a benchmark asks it alone."""
+    exist = [qa for qa in pairs if qa[0].startswith(EXISTENCE)]
+    rest = [qa for qa in pairs if not qa[0].startswith(EXISTENCE)]
+    k = next((i for i, (q, a) in enumerate(rest) if any(s in f"{q} {a}" for s in SHAPES)), len(rest))
+    return rest[:k] + exist + rest[k:]
+
+
 def short_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     """Every VQAv2-like question of one image (the 665K merges an image's VQA pairs into one conversation):
-    the colour and size of each shape, the count, and the presence of each shape kind (yes and no)."""
+    the colour and size of each shape, the count, and the presence of each shape kind (yes and no), presence
+    first (:func:`existence_first`)."""
     pairs = [("How many shapes are there?", str(len(scene.objects)))]
     for o in scene.objects:
         pairs.append((f"What color is the {o.shape} {_at(o)}?", o.color))
@@ -56,7 +71,7 @@ def short_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
             pairs.append((f"Is the {o.color} {o.shape} large or small?", o.size))
     pairs += [(f"Is there a {shape} in the image?", "Yes" if shape in scene.shapes() else "No") for shape in SHAPES]
     rng.shuffle(pairs)
-    return pairs
+    return existence_first(pairs)
 
 
 def gqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
@@ -119,7 +134,7 @@ def gen_gqa(scene, rng, size):
     pairs = dict(gqa_pairs(scene, rng)[:2])
     for _ in range(3):
         pairs.update(gqa_qa_pairs(scene, rng))
-    return [(q + "\n" + SHORT, a) for q, a in pairs.items()]
+    return [(q + "\n" + SHORT, a) for q, a in existence_first(list(pairs.items()))]
 
 
 def gen_ocrvqa(scene, rng, size):
