@@ -9,7 +9,8 @@ the LLM's chat template, and saved as a transformers checkpoint under the cache 
 the real LLM. Then stage 1 aligns (caption loss 4.3 → 1.0 in 128 steps), and stage 2 learns what a random twin
 does not within a CPU budget: whether a shape named in the question is in the image (POPE-like 50 % → 96 %, see
 ``tests/test_learning.py``). 1000 steps of 32 (≈ 4 min on 2 cores, once); 400 steps were not enough. Cached by a
-hash of the twin config, the tokenizer and the template; deterministic under ``seed`` (on one machine).
+hash of the twin config, the tokenizer, the template and the synthetic data version; deterministic under ``seed``
+(on one machine).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from lmm.data.batch import Example, collate
-from lmm.data.synth.sources import described_conversation
+from lmm.data.synth.sources import SYNTH_VERSION, described_conversation
 from lmm.models.build import random_twin_config
 from lmm.models.llm import build_llm
 from lmm.text.templates import get_template
@@ -45,7 +46,7 @@ def pretrain_twin_llm(llm: dict[str, Any], tokenizer, template: str, cache_dir: 
     config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()[:12]
-    key = {"v": LLM_TWIN_VERSION, "model_type": llm.get("model_type", "llama"), "config": config,
+    key = {"v": LLM_TWIN_VERSION, "synth": SYNTH_VERSION, "model_type": llm.get("model_type", "llama"), "config": config,
            "template": template, "vocab": vocab, "pretrain": settings}
     folder = twin_folder(cache_dir, "llms", key)
     if (folder / "config.json").exists():

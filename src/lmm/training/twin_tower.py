@@ -8,7 +8,8 @@ twin block may carry ``pretrain:``: the random twin is first trained once on ren
 head on the features of the layer LLaVA reads (``select_layer``), max-pooled over patches, predicts the scene's
 attributes (:func:`lmm.data.synth.scenes.attribute_targets`) — and saved as a transformers checkpoint under the cache,
 which ``from_pretrained`` then loads like the real tower. The same probe then finds a shape in 95–99 % of scenes.
-Deterministic under ``seed`` (on one machine); cached by a hash of the twin config, like the tiny tokenizer.
+Deterministic under ``seed`` (on one machine); cached by a hash of the twin config and the synthetic
+data version, like the tiny tokenizer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from PIL import Image
 
 from lmm.data.images import ImageTransform
 from lmm.data.synth.scenes import attribute_targets, make_scene, render
+from lmm.data.synth.sources import SYNTH_VERSION
 from lmm.models.build import random_twin_config
 from lmm.models.vision import build_vision_tower
 
@@ -56,7 +58,7 @@ def pretrain_twin_tower(vision: dict[str, Any], cache_dir: str | Path) -> Path:
     settings = {**DEFAULTS, **(twin.pop("pretrain") or {})}
     if vision.get("kind", "hf") != "hf":
         raise ValueError("twin pretraining supports transformers towers (kind: hf) only")
-    key = {"v": TOWER_VERSION, "model_type": vision.get("model_type", "clip"), "config": twin,
+    key = {"v": TOWER_VERSION, "synth": SYNTH_VERSION, "model_type": vision.get("model_type", "clip"), "config": twin,
            "select_layer": vision.get("select_layer", -2), "select_feature": vision.get("select_feature", "patch"),
            "pretrain": settings}
     folder = twin_folder(cache_dir, "towers", key)
