@@ -98,9 +98,12 @@ def test_tiny_twins_keep_relative_sizes():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_runs_at_tiny_scale(name, tmp_path):
+    """Plumbing: two steps per stage. The LLM twins stay random here (chat-tuning the 13B twin alone costs ≈ 6 min);
+    the chat-tuned twin is the same code for every LLM config (test_twins) and is trained end to end by the default
+    runs (test_eval_run, test_learning)."""
     from lmm.training.run import run_training
 
-    cfg = cfg_of(name, f"paths.output_dir={tmp_path}",
+    cfg = cfg_of(name, f"paths.output_dir={tmp_path}", "model.llm.twin.pretrain=null",
                  "data.twin.n_pretrain=16", "data.twin.n_finetune=48", "stages.pretrain.max_steps=2",
                  "stages.finetune.max_steps=2", "eval.benchmarks=[gqa]", "trainer.enable_progress_bar=false",
                  scale="tiny")
