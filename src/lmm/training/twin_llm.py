@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,13 @@ from typing import Any
 import torch
 
 from lmm.data.batch import Example, collate
-from lmm.data.synth.sources import SYNTH_VERSION, described_conversation
+from lmm.data.synth.sources import described_conversation
 from lmm.models.build import random_twin_config
 from lmm.models.llm import build_llm
 from lmm.text.templates import get_template
 from lmm.text.tokenize import tokenize_conversation
-from lmm.training.twin_tower import fit, save_twin, twin_folder
+from lmm.training.twin_cache import cached_twin, fit, save_twin
 
-log = logging.getLogger(__name__)
 LLM_TWIN_VERSION = 1
 DEFAULTS = {"steps": 1000, "batch_size": 32, "lr": 1.0e-3, "weight_decay": 0.0, "seed": 0}
 
@@ -46,18 +44,13 @@ def pretrain_twin_llm(llm: dict[str, Any], tokenizer, template: str, cache_dir: 
     config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()[:12]
-    key = {"v": LLM_TWIN_VERSION, "synth": SYNTH_VERSION, "model_type": llm.get("model_type", "llama"), "config": config,
+    key = {"v": LLM_TWIN_VERSION, "model_type": llm.get("model_type", "llama"), "config": config,
            "template": template, "vocab": vocab, "pretrain": settings}
-    folder = twin_folder(cache_dir, "llms", key)
-    if (folder / "config.json").exists():
-        return folder
-    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is the same whether the twin was cached or not
-        torch.manual_seed(settings["seed"])
-        return _pretrain(llm, config, tokenizer, template, settings, key, folder)
+    return cached_twin(cache_dir, "llms", key, settings["seed"],
+                       lambda folder, key: _pretrain(config, tokenizer, template, settings, key, folder))
 
 
-def _pretrain(llm: dict[str, Any], config: dict, tokenizer, template: str, settings: dict, key: dict,
-              folder: Path) -> Path:
+def _pretrain(config: dict, tokenizer, template: str, settings: dict, key: dict, folder: Path) -> Path:
     model = build_llm(config=config, model_type=key["model_type"]).train()
     rng, tpl = random.Random(settings["seed"]), get_template(template)
 

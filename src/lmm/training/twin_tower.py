@@ -14,13 +14,8 @@ data version, like the tiny tokenizer.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import logging
 import random
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +25,10 @@ from PIL import Image
 
 from lmm.data.images import ImageTransform
 from lmm.data.synth.scenes import attribute_targets, make_scene, render
-from lmm.data.synth.sources import SYNTH_VERSION
 from lmm.models.build import random_twin_config
 from lmm.models.vision import build_vision_tower
+from lmm.training.twin_cache import cached_twin, fit, save_twin
 
-log = logging.getLogger(__name__)
 TOWER_VERSION = 1
 DEFAULTS = {"steps": 800, "batch_size": 128, "lr": 2.0e-3, "weight_decay": 0.05, "render_size": 64,
             "text_prob": 0.3, "seed": 0}
@@ -58,15 +52,11 @@ def pretrain_twin_tower(vision: dict[str, Any], cache_dir: str | Path) -> Path:
     settings = {**DEFAULTS, **(twin.pop("pretrain") or {})}
     if vision.get("kind", "hf") != "hf":
         raise ValueError("twin pretraining supports transformers towers (kind: hf) only")
-    key = {"v": TOWER_VERSION, "synth": SYNTH_VERSION, "model_type": vision.get("model_type", "clip"), "config": twin,
+    key = {"v": TOWER_VERSION, "model_type": vision.get("model_type", "clip"), "config": twin,
            "select_layer": vision.get("select_layer", -2), "select_feature": vision.get("select_feature", "patch"),
            "pretrain": settings}
-    folder = twin_folder(cache_dir, "towers", key)
-    if (folder / "config.json").exists():
-        return folder
-    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is the same whether the twin was cached or not
-        torch.manual_seed(settings["seed"])
-        return _pretrain(vision, settings, key, folder)
+    return cached_twin(cache_dir, "towers", key, settings["seed"],
+                       lambda folder, key: _pretrain(vision, settings, key, folder))
 
 
 def _pretrain(vision: dict[str, Any], settings: dict, key: dict, folder: Path) -> Path:
@@ -84,36 +74,3 @@ def _pretrain(vision: dict[str, Any], settings: dict, key: dict, folder: Path) -
 
     loss = fit(step_loss, [*model.parameters(), *head.parameters()], settings, f"vision twin {folder.name}")
     return save_twin(model, folder, key, loss)
-
-
-def fit(step_loss, params, settings: dict, what: str) -> float:
-    """AdamW for ``settings['steps']`` steps on ``step_loss()`` (a fresh batch each call); returns the last loss."""
-    opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0))
-    start, first = time.time(), None
-    for _ in range(settings["steps"]):
-        loss = step_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        first = loss.item() if first is None else first
-    log.info("pretrained the %s: %d steps, loss %.3f → %.3f, %.0f s", what, settings["steps"], first, loss.item(),
-             time.time() - start)
-    return loss.item()
-
-
-def twin_folder(cache_dir: str | Path, kind: str, key: dict[str, Any]) -> Path:
-    """Where the pretrained twin described by ``key`` lives: ``cache_dir/kind/<model_type>-<hash of key>``."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / kind / f"{key['model_type']}-{digest}"
-
-
-def save_twin(model, folder: Path, key: dict[str, Any], final_loss: float) -> Path:
-    """``save_pretrained`` into ``folder`` atomically (a half-written folder is never found by the cache check),
-    with the key and the final loss in ``lmm_twin_pretrain.json``."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().save_pretrained(str(tmp))
-    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": final_loss}, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder

@@ -1,0 +1,61 @@
+"""What the pretrained twins (:mod:`lmm.training.twin_tower`, :mod:`lmm.training.twin_llm`) share: a cache folder per
+key, trained once with the caller's RNG left alone, a plain AdamW loop, and an atomic ``save_pretrained``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmm.data.synth.sources import SYNTH_VERSION
+
+log = logging.getLogger(__name__)
+
+
+def cached_twin(cache_dir: str | Path, kind: str, key: dict[str, Any], seed: int,
+                train: Callable[[Path, dict[str, Any]], Path]) -> Path:
+    """The twin described by ``key`` (plus the synthetic data version: the twins learn from the generators'
+    output) in ``cache_dir/kind/<model_type>-<hash>``; if absent, ``train(folder, key)`` makes it, seeded with
+    ``seed`` inside a forked RNG (a run starts alike whether the twin was cached or not)."""
+    key = {**key, "synth": SYNTH_VERSION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / kind / f"{key['model_type']}-{digest}"
+    if (folder / "config.json").exists():
+        return folder
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return train(folder, key)
+
+
+def fit(step_loss, params, settings: dict, what: str) -> float:
+    """AdamW for ``settings['steps']`` steps on ``step_loss()`` (a fresh batch each call); returns the last loss."""
+    opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0))
+    start, first = time.time(), None
+    for _ in range(settings["steps"]):
+        loss = step_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    log.info("pretrained the %s: %d steps, loss %.3f → %.3f, %.0f s", what, settings["steps"], first, loss.item(),
+             time.time() - start)
+    return loss.item()
+
+
+def save_twin(model, folder: Path, key: dict[str, Any], final_loss: float) -> Path:
+    """``save_pretrained`` into ``folder`` atomically (a half-written folder is never found by the cache check),
+    with the key and the final loss in ``lmm_twin_pretrain.json``."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval().save_pretrained(str(tmp))
+    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": final_loss}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
