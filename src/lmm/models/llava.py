@@ -112,7 +112,8 @@ class LlavaModel(nn.Module):
             # A text-only batch: keep the connector in the graph with a zero contribution (LLaVA's [0:0] slice),
             # so DDP / ZeRO see a gradient (of zeros) for every trainable parameter.
             probe = next(self.connector.parameters())
-            dummy = self.connector(probe.new_zeros(1, 1, self.vision.hidden_size))
+            dummy = self.connector(torch.zeros(1, 1, self.vision.hidden_size, dtype=probe.dtype,
+                                               device=text_embeds.device))
             rows_e[0] = rows_e[0] + 0.0 * dummy.sum()
             if self.hd is not None and self.hd_active and self.hd.row_end.requires_grad:
                 rows_e[0] = rows_e[0] + 0.0 * self.hd.row_end.sum()

@@ -37,11 +37,24 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def make_logger(tracking_uri: str, experiment_name: str, run_name: str, tags: dict[str, str]):
+def make_logger(tracking_uri: str, experiment_name: str, run_name: str, tags: dict[str, str],
+                run_id: str | None = None):
+    """Lightning's MLflow logger; with ``run_id`` it continues that run (a resumed stage)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
-                        tags={k: str(v) for k, v in tags.items()}, log_model=False)
+                        tags={k: str(v) for k, v in tags.items()}, log_model=False, run_id=run_id)
+
+
+def reopen(logger) -> None:
+    """Mark a continued run as running again (an interrupted run was left RUNNING, a pre-empted one KILLED)."""
+    if logger.run_id:
+        logger.experiment.update_run(logger.run_id, status="RUNNING")
+
+
+def set_tags(logger, tags: dict[str, str]) -> None:
+    for k, v in tags.items():
+        logger.experiment.set_tag(logger.run_id, k, str(v))
 
 
 def log_config(logger, config: dict, yaml_path: Path) -> None:

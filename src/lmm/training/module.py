@@ -1,26 +1,46 @@
-"""One LightningModule for both stages: the stage decides what trains; the data decides nothing here."""
+"""One LightningModule for both stages: the stage decides what trains; the data decides nothing here.
+
+Trainable weights are fp32 masters whatever the model was loaded in (:mod:`lmm.training.precision`); a non-finite
+loss or gradient stops the run naming the step and the samples (or skips the step and counts it, ``nonfinite=skip``);
+a checkpoint holds, besides Lightning's state, the RNG states, the data accounting and the MLflow run id."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
 import lightning as L
+import torch
 
 from lmm.data.batch import Batch
 from lmm.models.llava import LlavaModel
+from lmm.training.checkpointing import get_rng_state, set_rng_state
 from lmm.training.optim import build_optimizer
+from lmm.training.precision import check_fp32_masters, keep_fp32_masters
 from lmm.training.stages import apply_stage, param_groups
+
+
+class NonFiniteError(FloatingPointError):
+    pass
 
 
 class LlavaLitModule(L.LightningModule):
     def __init__(self, model: LlavaModel, trainable: list[str], lr: float, connector_lr: float | None = None,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas=(0.9, 0.999), eps: float = 1e-8,
-                 lora: dict | None = None):
+                 lora: dict | None = None, nonfinite: str = "raise", fsdp: dict | None = None):
         super().__init__()
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"guard.nonfinite must be raise or skip, got {nonfinite!r}")
         self.model = model
         # lora ({r, alpha, dropout} or None): the LLM trains through LoRA adapters (lmm.models.lora)
         self.param_table = apply_stage(model, list(trainable), dict(lora) if lora else None)
+        self.n_upcast = keep_fp32_masters(model)  # fp32 masters for what trains; frozen parts keep their dtype
+        self.nonfinite, self.fsdp = nonfinite, fsdp
+        self.nonfinite_skipped = 0
+        self.mlflow_run_id: str | None = None
+        self._step_ids: list[str] = []
+        self._state_checked = False
         self.lr, self.connector_lr, self.weight_decay = lr, connector_lr, weight_decay
         self.warmup_ratio, self.betas, self.eps = warmup_ratio, betas, eps
         # Data accounting: every sample is trained on, or counted under a reason.
@@ -34,12 +54,42 @@ class LlavaLitModule(L.LightningModule):
         self._t0 = None
         self.strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
 
+    def configure_model(self) -> None:
+        """Under ``strategy=fsdp`` (Lightning's ModelParallelStrategy): shard the model with FSDP2, once."""
+        from lmm.training.strategies import is_fsdp, shard_fsdp
+
+        if self.fsdp is not None and is_fsdp(self.trainer.strategy) and not getattr(self, "_sharded", False):
+            shard_fsdp(self.model, self.device_mesh["data_parallel"], self.fsdp)
+            self._sharded = True
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Explicitly the stage's trainable weights (stage 1: the connector; stage 2: connector + LLM): the frozen
         # tower (and a frozen LLM) come from their own checkpoints when the run is rebuilt.
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["lmm_trainable"] = sorted(trainable)
+        checkpoint["lmm"] = {
+            "mlflow_run_id": self.mlflow_run_id, "rng": get_rng_state(),
+            "counters": {"samples_seen": self.samples_seen, "fully_masked": self.fully_masked,
+                         "fully_masked_ids": self.fully_masked_ids[:100], "truncated": self.truncated,
+                         "skipped": dict(self.skipped), "nonfinite_skipped": self.nonfinite_skipped,
+                         "first_loss": self.first_loss, "last_loss": self.last_loss},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("lmm") or {}
+        c = state.get("counters") or {}
+        self.samples_seen, self.fully_masked = int(c.get("samples_seen", 0)), int(c.get("fully_masked", 0))
+        self.fully_masked_ids = list(c.get("fully_masked_ids", []))
+        self.truncated, self.skipped = int(c.get("truncated", 0)), Counter(c.get("skipped", {}))
+        self.nonfinite_skipped = int(c.get("nonfinite_skipped", 0))
+        self.first_loss, self.last_loss = c.get("first_loss"), c.get("last_loss")
+        if state.get("rng"):
+            set_rng_state(state["rng"])
+
+    def on_train_start(self) -> None:
+        if not _is_deepspeed(self.trainer.strategy):  # DeepSpeed keeps its own fp32 masters of the bf16 module
+            check_fp32_masters(self.model)
 
     def configure_optimizers(self):
         total = int(self.trainer.estimated_stepping_batches)
@@ -50,14 +100,33 @@ class LlavaLitModule(L.LightningModule):
     def on_train_batch_start(self, batch: Batch, batch_idx: int):
         self._t0 = time.perf_counter()
 
+    def _zero_loss(self) -> torch.Tensor:
+        # A zero loss tied to the trainable weights keeps every rank in the same gradient sync (None would hang DDP).
+        return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` on any rank (a collective under several ranks, so that every rank decides alike)."""
+        if self.trainer.world_size > 1:
+            return bool(self.trainer.strategy.reduce_boolean_decision(flag, all=False))
+        return flag
+
     def training_step(self, batch: Batch, batch_idx: int):
         self.skipped.update(batch.skipped)
+        self._step_ids += list(batch.ids)
         if len(batch) == 0:
-            # Every sample of this micro-batch was skipped (and counted). A zero loss tied to the trainable weights
-            # keeps every rank in the same gradient sync (returning None would hang DDP).
-            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+            # Every sample of this micro-batch was skipped (and counted); the guard's collective still runs.
+            self._any_rank(False)
+            return self._zero_loss()
         out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
                          image_grids=batch.image_grids)
+        if self._any_rank(not math.isfinite(float(out.loss.detach()))):
+            if self.nonfinite == "raise":
+                raise NonFiniteError(
+                    f"non-finite loss (here {float(out.loss.detach())}) at step {self.trainer.global_step} "
+                    f"(micro-batch {batch_idx}, rank {self.global_rank}); sample ids: {list(batch.ids)}. Set "
+                    f"guard.nonfinite=skip to skip such steps (counted as train/nonfinite_skipped).")
+            self.nonfinite_skipped += 1
+            return self._zero_loss()
         self.samples_seen += len(batch)
         self.truncated += out.n_truncated
         if out.fully_masked:
@@ -72,7 +141,26 @@ class LlavaLitModule(L.LightningModule):
         self._tokens = int(out.attention_mask.sum())
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Non-finite gradients: stop naming the step and the samples of its micro-batches, or skip the update
+        (``nonfinite=skip``: the gradients are dropped, so AdamW leaves weights and moments alone)."""
+        grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        bad = self._any_rank(any(not bool(torch.isfinite(g).all()) for g in local))
+        ids, self._step_ids = self._step_ids, []
+        if not bad:
+            return
+        if self.nonfinite == "raise":
+            raise NonFiniteError(f"non-finite gradients at step {self.trainer.global_step} (rank {self.global_rank}); "
+                                 f"sample ids of the step: {ids}. Set guard.nonfinite=skip to skip such steps.")
+        self.nonfinite_skipped += 1
+        for p in self.model.parameters():
+            p.grad = None
+
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int):
+        if not self._state_checked and self.trainer.global_step > 0 and not _is_deepspeed(self.trainer.strategy):
+            check_fp32_masters(self.model, self.optimizers().optimizer)  # the AdamW moments, once they exist
+            self._state_checked = True
         if self._t0 is not None and len(batch):
             dt = max(time.perf_counter() - self._t0, 1e-9)
             self.log("train/tokens_per_s", self._tokens / dt, prog_bar=True, batch_size=len(batch))
@@ -82,6 +170,10 @@ class LlavaLitModule(L.LightningModule):
 
     def data_counts(self) -> dict[str, float]:
         counts = {"data/samples_seen": float(self.samples_seen), "data/fully_masked": float(self.fully_masked),
-                  "data/truncated": float(self.truncated)}
+                  "data/truncated": float(self.truncated), "train/nonfinite_skipped": float(self.nonfinite_skipped)}
         counts.update({f"data/skipped_{k}": float(v) for k, v in self.skipped.items()})
         return counts
+
+
+def _is_deepspeed(strategy) -> bool:
+    return type(strategy).__name__ == "DeepSpeedStrategy"

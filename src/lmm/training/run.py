@@ -1,9 +1,14 @@
-"""Run the stages a config names, in order: build once, train each stage, hand the connector on, track in MLflow."""
+"""Run the stages a config names, in order: build once, train each stage, hand the weights on, track in MLflow.
+
+Each stage carries its own strategy (``stages.<stage>.strategy``: LLaVA uses ZeRO-2, then ZeRO-3) and its global
+batch (kept as ``micro × accumulation × world size``, the world size read from the Trainer that runs). A stage
+checkpoints every ``checkpoint.every_n_steps`` optimizer steps; ``resume=auto`` keeps the finished stages of the
+run folder and continues the interrupted one from its newest readable checkpoint, in the same MLflow run."""
 
 from __future__ import annotations
 
 import logging
-from functools import partial
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,200 +18,257 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from lmm.data.batch import collate
-from lmm.data.llava_json import LlavaJsonDataset
 from lmm.data.processor import SampleProcessor
-from lmm.models.build import build_llava
 from lmm.models.checkpoint import save_model_dir
 from lmm.models.hd import image_transform_for
 from lmm.text.templates import get_template
 from lmm.tracking import mlflow as track
-from lmm.training.callbacks import BenchmarkDuringTraining, MaskedSampleGuard
+from lmm.training.checkpointing import (
+    DONE_FILE,
+    AtomicCheckpointIO,
+    PreemptionCheckpoint,
+    ResumeError,
+    find_resume_checkpoint,
+    load_trainable_state,
+    periodic_checkpoint,
+    stage_done,
+    validate_checkpoint,
+    write_json_atomic,
+)
+from lmm.training.components import (  # noqa: F401  (build_*_config: re-exported for callers of this module)
+    build_data,
+    build_llm_config,
+    build_model,
+    build_tokenizer,
+    build_vision_config,
+    data_counts,
+    run_tags,
+    stage_callbacks,
+)
 from lmm.training.module import LlavaLitModule
+from lmm.training.precision import resolve_precision, set_tf32
 from lmm.training.stages import format_param_table, load_connector, save_connector
+from lmm.training.strategies import build_strategy, strategy_name
 
 log = logging.getLogger(__name__)
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a scheduler expects of a job that stopped on its notice
 
 
-def build_tokenizer(cfg: DictConfig):
-    from lmm.data.synth import tokenizer_corpus
-    from lmm.text.tokenizer import load_tokenizer, train_tiny_tokenizer
-
-    llm = cfg.model.llm
-    path = None if cfg.model.twin else (llm.get("tokenizer") or llm.get("name_or_path"))
-    if path:
-        return load_tokenizer(path, cfg.model.max_length)
-    tok, _ = train_tiny_tokenizer(tokenizer_corpus(), llm.get("tiny_vocab_size") or 1000,
-                                  Path(cfg.paths.cache_dir), cfg.model.max_length)
-    return tok
+class ConfigError(ValueError):
+    pass
 
 
-def _with_pretrained_twin(cfg: DictConfig, part: str, pretrain) -> dict[str, Any]:
-    """``model.<part>`` as a dict; at ``scale=tiny`` a twin block with ``pretrain`` gets the ``checkpoint`` that
-    ``pretrain(part_dict)`` trains once into the cache (or finds there)."""
-    conf = OmegaConf.to_container(cfg.model[part], resolve=True)
-    twin = conf.get("twin") or {}
-    if cfg.model.twin and twin.get("pretrain") is not None and not twin.get("checkpoint"):
-        conf["twin"] = {**twin, "checkpoint": str(pretrain(conf))}
-    return conf
+def world_size(trainer: L.Trainer) -> int:
+    """Processes that will train: the Trainer's devices per node × nodes (``devices`` may be an int, a list, a
+    string or ``auto`` — the Trainer has resolved it)."""
+    return int(trainer.num_devices) * int(trainer.num_nodes)
 
 
-def build_vision_config(cfg: DictConfig) -> dict[str, Any]:
-    """``model.vision``, its twin pretrained if asked (:mod:`lmm.training.twin_tower`)."""
-    from lmm.training.twin_tower import pretrain_twin_tower
-
-    return _with_pretrained_twin(cfg, "vision", lambda v: pretrain_twin_tower(v, cfg.paths.cache_dir))
-
-
-def build_llm_config(cfg: DictConfig, tokenizer) -> dict[str, Any]:
-    """``model.llm``, its twin chat-tuned on the twin world's text if asked (:mod:`lmm.training.twin_llm`)."""
-    from lmm.training.twin_llm import pretrain_twin_llm
-
-    return _with_pretrained_twin(cfg, "llm", lambda m: pretrain_twin_llm(
-        m, tokenizer, m.get("chat_template") or "vicuna_v1", cfg.paths.cache_dir))
-
-
-def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, micro_batch_size: int, accum: int,
-               pad_id: int, num_image_tokens: int):
-    """The stage's data: a streaming shard DataModule (``data.loader=shards``) or a map-style JSON loader."""
-    if cfg.data.get("loader", "shards") == "shards":
-        from lmm.data.datamodule import build_datamodule
-
-        return build_datamodule(cfg.data, stage_name, processor, micro_batch_size, accum, pad_id, cfg.seed,
-                                num_image_tokens=num_image_tokens, max_length=cfg.model.max_length)
-    from lmm.data.synth import twin_spec, write_twin
-
-    spec = twin_spec(OmegaConf.to_container(cfg.data, resolve=True))
-    if spec:
-        write_twin(spec)
-    stage_data = cfg.data[stage_name]
-    dataset = LlavaJsonDataset(stage_data.json, stage_data.image_folder, processor, cfg.data.on_error)
-    return DataLoader(
-        dataset, batch_size=micro_batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-        collate_fn=partial(collate, pad_id=pad_id, padding_side="right"),
-        generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=cfg.data.num_workers > 0,
-    )
-
-
-def data_counts(data) -> dict[str, float]:
-    """Counts in = out + rejected + skipped, from whichever loader ran."""
-    if isinstance(data, DataLoader):
-        ds = data.dataset
-        return {"data/records_in": float(len(ds) + len(ds.rejected)),
-                **{f"data/rejected_{k}": float(v) for k, v in ds.rejected_counts.items()}}
-    return {k: float(v) for k, v in data.counts().items() if isinstance(v, (int, float))}
-
-
-def run_tags(cfg: DictConfig) -> dict[str, str]:
-    """Tags for every MLflow run of this training: the experiment's own, and the sweep with its swept value."""
-    tags = {k: str(v) for k, v in (cfg.logger.get("tags") or {}).items()}
-    if cfg.get("sweep"):
-        tags["sweep"] = cfg.sweep.name
-        tags["sweep.key"] = cfg.sweep.key
-        tags["sweep.value"] = str(OmegaConf.select(cfg, cfg.sweep.key))
-    return tags
-
-
-def stage_callbacks(cfg: DictConfig, stage_name: str, tokenizer, processor: SampleProcessor) -> list:
-    """The masked-sample guard always; small benchmarks scored during stage 2 when ``eval.during_training`` is on."""
-    callbacks = [MaskedSampleGuard(cfg.data.max_masked_share, cfg.data.masked_min_samples)]
-    during = cfg.get("eval", {}).get("during_training") or {}
-    if during.get("enabled") and stage_name == "finetune":
-        if cfg.eval.get("synthetic_benchmarks"):
-            from lmm.data.synth.benchmarks import write_synthetic_benchmarks
-
-            write_synthetic_benchmarks(cfg.eval.data_root, cfg.eval.synthetic_benchmarks.n_images,
-                                       cfg.eval.synthetic_benchmarks.image_size, names=list(during.benchmarks))
-        callbacks.append(BenchmarkDuringTraining(
-            tokenizer, processor.template, processor.image_transform, list(during.benchmarks),
-            during.get("data_root") or cfg.eval.data_root, during.get("every_n_epochs", 1), cfg.eval.batch_size,
-            OmegaConf.to_container(cfg.eval.benchmark_options, resolve=True) if cfg.eval.get("benchmark_options")
-            else None))
-    return callbacks
-
-
-def accumulation(stage: DictConfig, trainer_cfg: DictConfig) -> int:
-    world = int(trainer_cfg.devices if isinstance(trainer_cfg.devices, int) else 1) * int(trainer_cfg.num_nodes)
+def accumulation(stage: DictConfig, world: int) -> int:
     per_step = stage.micro_batch_size * world
     if stage.global_batch_size % per_step:
-        raise ValueError(f"global batch {stage.global_batch_size} is not a multiple of micro batch "
-                         f"{stage.micro_batch_size} × {world} device(s)")
+        raise ConfigError(f"global batch {stage.global_batch_size} is not a multiple of micro batch "
+                          f"{stage.micro_batch_size} × {world} process(es); change stages.<stage>.micro_batch_size")
     return stage.global_batch_size // per_step
 
 
+def check_connector_sources(cfg: DictConfig) -> None:
+    """A stage that must not start from a random connector (LLaVA's stage 2 always gets ``--pretrain_mm_mlp_adapter``)
+    needs an earlier stage in this run or ``init_connector``."""
+    for i, name in enumerate(cfg.run_stages):
+        stage = cfg.stages[name]
+        if i == 0 and not stage.get("init_connector") and not stage.get("allow_random_connector", False):
+            raise ConfigError(
+                f"stage {name} would start from a randomly initialised connector: no earlier stage in run_stages and "
+                f"no stages.{name}.init_connector. Pass the stage-1 connector (stages.{name}.init_connector="
+                f"<run>/pretrain/connector.safetensors, or LLaVA's mm_projector.bin, as --pretrain_mm_mlp_adapter), "
+                f"run both stages (run_stages=[pretrain,{name}]), or set stages.{name}.allow_random_connector=true "
+                f"if that is what you want.")
+
+
+def make_module(cfg: DictConfig, stage: DictConfig, model) -> LlavaLitModule:
+    spec = OmegaConf.to_container(stage.strategy, resolve=True) if stage.get("strategy") else {"name": "auto"}
+    return LlavaLitModule(model, list(stage.trainable), stage.lr, stage.get("connector_lr"), stage.weight_decay,
+                          stage.warmup_ratio, lora=stage.get("lora"), nonfinite=cfg.get("guard", {}).get(
+                              "nonfinite", "raise"), fsdp=spec if spec.get("name") == "fsdp" else None)
+
+
+def adopt_stage(cfg: DictConfig, stage: DictConfig, model, checkpoint: str | Path) -> None:
+    """Put a finished stage's trainable weights into ``model`` (its parts frozen / LoRA-wrapped as the stage)."""
+    if stage.get("init_connector"):
+        load_connector(model, stage.init_connector)
+    module = make_module(cfg, stage, model)
+    state = load_trainable_state(checkpoint)
+    unknown = set(state) - set(module.state_dict())
+    if unknown:
+        raise ResumeError(f"{checkpoint} holds weights this model does not have (first: {sorted(unknown)[:3]})")
+    module.load_state_dict(state, strict=False)
+
+
+def is_gpu(cfg: DictConfig) -> bool:
+    acc = str(cfg.trainer.accelerator)
+    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+
+
 def run_training(cfg: DictConfig) -> dict[str, Any]:
-    L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("plan"):
+        from lmm.training.plan import run_plan
+
+        return {"plan": run_plan(cfg), "stages": {}, "output_dir": str(out_dir),
+                "tracking_uri": cfg.logger.tracking_uri}
+    L.seed_everything(cfg.seed, workers=True)
+    set_tf32(bool(cfg.trainer.get("tf32")))
+    check_connector_sources(cfg)
+    precision = resolve_precision(cfg.trainer.precision, is_gpu(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    cfg_yaml = out_dir / "config.yaml"
+    cfg_yaml = out_dir / ("config_resume.yaml" if cfg.get("resume") else "config.yaml")
     cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
     tokenizer = build_tokenizer(cfg)
-    model = build_llava(build_vision_config(cfg), cfg.model.connector, build_llm_config(cfg, tokenizer), cfg.model.max_length, tokenizer,
-                        twin=cfg.model.twin, hd=cfg.model.get("hd"))
-    precision = cfg.trainer.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    vision_cfg, llm_cfg = build_vision_config(cfg), build_llm_config(cfg, tokenizer)
+
+    def rebuild():
+        return build_model(cfg, tokenizer, vision_cfg, llm_cfg)
+
+    model = rebuild()
     sha = track.git_sha()
     results: dict[str, Any] = {"output_dir": str(out_dir), "stages": {}}
-
+    history: list[tuple[DictConfig, Path]] = []  # finished stages and their weights, in order
+    is_zero = True
     for name in cfg.run_stages:
-        stage = cfg.stages[name]
-        stage_dir = out_dir / name
+        stage, stage_dir = cfg.stages[name], out_dir / name
+        done = stage_done(stage_dir) if cfg.get("resume") else None
+        if done:
+            log.info("stage %s finished in an earlier run (%s): kept, not redone", name, stage_dir / DONE_FILE)
+            adopt_stage(cfg, stage, model, stage_dir / "last.ckpt")
+            history.append((stage, stage_dir / "last.ckpt"))
+            results["stages"][name] = done
+            continue
+        ckpt, ckpt_info = resume_point(cfg, stage_dir, first=not history)
         if stage.get("init_connector"):
             load_connector(model, stage.init_connector)
-        model.hd_active = model.hd is not None and bool(stage.get("hd", True))
-        transform = image_transform_for(model, stage.image_aspect_ratio)
-        processor = SampleProcessor(tokenizer, get_template(stage.template), transform)
-        accum = accumulation(stage, cfg.trainer)
-        image_tokens = model.hd.max_num_tokens if model.hd_active else model.num_image_tokens
-        data = build_data(cfg, name, processor, stage.micro_batch_size, accum, tokenizer.pad_token_id, image_tokens)
-        module = LlavaLitModule(model, list(stage.trainable), stage.lr, stage.get("connector_lr"),
-                                stage.weight_decay, stage.warmup_ratio, lora=stage.get("lora"))
-        table = format_param_table(module.param_table)
-        log.info("stage %s — trainable parameters:\n%s", name, table)
-        logger = track.make_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, f"{cfg.run_name}-{name}",
-                                   {"stage": name, "git_sha": sha, "run_group": str(out_dir),
-                                    **run_tags(cfg)})
-        track.log_config(logger, resolved, cfg_yaml)
-        track.log_text(logger, table, f"{name}_trainable_parameters.txt")
-        trainer = L.Trainer(
-            max_epochs=stage.epochs, max_steps=stage.max_steps, accumulate_grad_batches=accum,
-            gradient_clip_val=stage.gradient_clip_val, precision=precision, accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=cfg.trainer.strategy,
-            logger=logger, callbacks=stage_callbacks(cfg, name, tokenizer, processor),
-            default_root_dir=str(stage_dir), enable_checkpointing=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
-            enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
-        )
-        if isinstance(data, DataLoader):
-            trainer.fit(module, train_dataloaders=data)
-        else:
-            trainer.fit(module, datamodule=data)
-        ckpt = stage_dir / "last.ckpt"
-        trainer.save_checkpoint(str(ckpt))
-        connector_file = save_connector(model, stage_dir / "connector.safetensors")
-        counts = {**data_counts(data), **module.data_counts()}
-        track.log_metrics(logger, counts, step=trainer.global_step)
-        spec = {"model": OmegaConf.to_container(cfg.model, resolve=True), "template": stage.template,
-                "image_aspect_ratio": stage.image_aspect_ratio, "max_length": cfg.model.max_length,
-                "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id,
-                "mlflow_tracking_uri": cfg.logger.tracking_uri, "hd_active": model.hd_active,
-                "tags": run_tags(cfg)}
-        # The full model folder (what eval.py loads) is written for the last stage only; earlier stages hand on
-        # their trainable weights (checkpoint + connector file), as LLaVA's stage 1 saves mm_projector.bin only.
-        model_dir = save_model_dir(model, tokenizer, spec, stage_dir / "model") if name == cfg.run_stages[-1] else None
-        track.log_artifact(logger, connector_file)
-        logger.finalize("success")
-        results["stages"][name] = {
-            "checkpoint": str(ckpt), "model_dir": str(model_dir) if model_dir else None, "mlflow_run_id": logger.run_id,
-            "first_loss": module.first_loss, "last_loss": module.last_loss, "steps": trainer.global_step,
-            "data": counts,
-        }
-        log.info("stage %s done: loss %.4f → %.4f over %d steps; checkpoint %s", name, module.first_loss or 0,
-                 module.last_loss or 0, trainer.global_step, ckpt)
+        result, trainer, sharded, logger = train_stage(cfg, name, stage, model, tokenizer, precision, sha, resolved,
+                                               cfg_yaml, ckpt, ckpt_info)
+        history.append((stage, stage_dir / "last.ckpt"))
+        if sharded:  # the trained model is sharded across ranks: rebuild it whole from the stages' weights
+            model = rebuild()
+            for st, path in history:
+                adopt_stage(cfg, st, model, path)
+        is_zero = trainer.is_global_zero
+        if is_zero:
+            finish_stage(cfg, name, stage, model, tokenizer, sha, result, stage_dir, logger)
+        trainer.strategy.barrier("stage_done")
+        results["stages"][name] = result
     results["tracking_uri"] = cfg.logger.tracking_uri
-    if cfg.get("eval") and cfg.eval.after_training and results["stages"]:
+    results["is_global_zero"] = is_zero
+    if cfg.get("eval") and cfg.eval.after_training and results["stages"] and is_zero:
         from lmm.evaluation.run import run_eval
 
         eval_cfg = OmegaConf.merge(cfg.eval, {"tracking_uri": cfg.logger.tracking_uri,
                                               "experiment_name": cfg.logger.experiment_name})
         results["eval"] = run_eval(eval_cfg, out_dir, out_dir / "eval")
     return results
+
+
+def resume_point(cfg: DictConfig, stage_dir: Path, first: bool) -> tuple[Path | None, dict]:
+    """Where the stage continues from: ``resume=auto`` → its newest readable checkpoint (a corrupt newest one falls
+    back to the previous); ``resume=<path>`` → that checkpoint, for the first stage not yet finished."""
+    resume = cfg.get("resume")
+    if not resume:
+        return None, {}
+    if str(resume) == "auto":
+        found = find_resume_checkpoint(stage_dir)
+        if found:
+            log.info("resuming stage %s from %s", stage_dir.name, found[0])
+        return found if found else (None, {})
+    if not first:
+        return None, {}
+    return Path(resume), validate_checkpoint(resume)
+
+
+def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer, precision: str, sha: str,
+                resolved: dict, cfg_yaml: Path, ckpt: Path | None, ckpt_info: dict):
+    stage_dir = Path(cfg.paths.output_dir) / name
+    model.hd_active = model.hd is not None and bool(stage.get("hd", True))
+    transform = image_transform_for(model, stage.image_aspect_ratio)
+    processor = SampleProcessor(tokenizer, get_template(stage.template), transform)
+    module = make_module(cfg, stage, model)
+    table = format_param_table(module.param_table)
+    log.info("stage %s — trainable parameters:\n%s", name, table)
+    run_id = ckpt_info.get("mlflow_run_id")
+    logger = track.make_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, f"{cfg.run_name}-{name}",
+                               {"stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir),
+                                **run_tags(cfg)}, run_id=run_id)
+    preempt = PreemptionCheckpoint(stage_dir / "checkpoints")
+    callbacks = stage_callbacks(cfg, name, tokenizer, processor) + [preempt]
+    every = (cfg.get("checkpoint") or {}).get("every_n_steps")
+    if every:
+        callbacks.append(periodic_checkpoint(stage_dir / "checkpoints", every, cfg.checkpoint.keep_last))
+    strategy = build_strategy(stage.get("strategy"), model, stage.micro_batch_size)
+    trainer = L.Trainer(
+        max_epochs=stage.epochs, max_steps=stage.max_steps, gradient_clip_val=stage.gradient_clip_val,
+        precision=precision, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes, strategy=strategy, logger=logger, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(stage_dir), enable_checkpointing=bool(every),
+        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
+        enable_model_summary=False,
+    )
+    world = world_size(trainer)
+    accum = accumulation(stage, world)
+    trainer.accumulate_grad_batches = accum
+    image_tokens = model.hd.max_num_tokens if model.hd_active else model.num_image_tokens
+    data = build_data(cfg, name, processor, stage.micro_batch_size, accum, tokenizer.pad_token_id, image_tokens)
+    module.mlflow_run_id = logger.run_id
+    batch_info = {"train/world_size": world, "train/accumulation": accum,
+                  "train/global_batch": stage.micro_batch_size * accum * world}
+    log.info("stage %s: strategy %s, precision %s, %d process(es) × micro batch %d × accumulation %d = global "
+             "batch %d", name, strategy_name(stage.get("strategy")), precision, world, stage.micro_batch_size, accum,
+             batch_info["train/global_batch"])
+    if run_id:  # a resumed stage: same run; its params are already there (MLflow refuses changed values)
+        track.reopen(logger)
+        track.set_tags(logger, {"resumed_from": str(ckpt)})
+        track.log_artifact(logger, cfg_yaml)
+    else:
+        track.log_config(logger, resolved, cfg_yaml)
+        track.log_text(logger, table, f"{name}_trainable_parameters.txt")
+    track.log_metrics(logger, batch_info, step=0)
+    fit_kwargs = {"ckpt_path": str(ckpt), "weights_only": True} if ckpt else {}
+    if isinstance(data, DataLoader):
+        trainer.fit(module, train_dataloaders=data, **fit_kwargs)
+    else:
+        trainer.fit(module, datamodule=data, **fit_kwargs)
+    if preempt.preempted is not None:
+        logger.finalize("KILLED")
+        log.warning("stage %s pre-empted; checkpoint %s. Continue with: python train.py ... "
+                    "hydra.run.dir=%s resume=auto", name, preempt.preempted, cfg.paths.output_dir)
+        sys.exit(PREEMPTED_EXIT)
+    ckpt_last = stage_dir / "last.ckpt"
+    trainer.save_checkpoint(str(ckpt_last))
+    counts = {**data_counts(data), **module.data_counts()}
+    track.log_metrics(logger, counts, step=trainer.global_step)
+    sharded = strategy_name(stage.get("strategy")) in ("fsdp", "deepspeed")
+    result = {"checkpoint": str(ckpt_last), "model_dir": None, "mlflow_run_id": logger.run_id,
+              "first_loss": module.first_loss, "last_loss": module.last_loss, "steps": trainer.global_step,
+              "data": counts, **{k.split("/")[1]: v for k, v in batch_info.items()}}
+    return result, trainer, sharded, logger
+
+
+def finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer, sha: str, result: dict,
+                 stage_dir: Path, logger) -> None:
+    """Rank 0, after a stage: the connector file, the model folder (last stage only), then the done marker."""
+    connector_file = save_connector(model, stage_dir / "connector.safetensors")
+    spec = {"model": OmegaConf.to_container(cfg.model, resolve=True), "template": stage.template,
+            "image_aspect_ratio": stage.image_aspect_ratio, "max_length": cfg.model.max_length,
+            "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id,
+            "mlflow_tracking_uri": cfg.logger.tracking_uri, "hd_active": model.hd_active,
+            "tags": run_tags(cfg)}
+    # The full model folder (what eval.py loads) is written for the last stage only; earlier stages hand on
+    # their trainable weights (checkpoint + connector file), as LLaVA's stage 1 saves mm_projector.bin only.
+    if name == cfg.run_stages[-1]:
+        result["model_dir"] = str(save_model_dir(model, tokenizer, spec, stage_dir / "model"))
+    track.log_artifact(logger, connector_file)
+    logger.finalize("success")
+    write_json_atomic(result, stage_dir / DONE_FILE)
+    log.info("stage %s done: loss %.4f → %.4f over %d steps; checkpoint %s", name, result["first_loss"] or 0,
+             result["last_loss"] or 0, result["steps"], result["checkpoint"])

@@ -1,0 +1,232 @@
+"""Fault tolerance: atomic checkpoints every N optimizer steps, resume of an interrupted stage, pre-emption.
+
+Layout of a run folder (``hydra.run.dir``)::
+
+    <stage>/checkpoints/step-000050.ckpt   every ``checkpoint.every_n_steps`` optimizer steps, the newest K kept
+    <stage>/last.ckpt                      the stage's final trainable weights (handed to the next stage)
+    <stage>/stage_done.json                written last: the stage finished (``resume=auto`` does not redo it)
+
+A checkpoint is a Lightning ``.ckpt`` (trainable weights, optimizer, scheduler, loop counters, the DataModule's
+data position) plus ``lmm``: RNG states, the data accounting of the module, the MLflow run id. Files are written to
+a temporary name in the same folder, fsynced and renamed (never a half-written checkpoint under its final name).
+Under DeepSpeed a checkpoint is a folder, complete once DeepSpeed has written its ``latest`` tag file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import signal
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+CKPT_RE = re.compile(r"step-(\d+)\.ckpt$")
+DONE_FILE = "stage_done.json"
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------- RNG states
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------- atomic checkpoints
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a half-written file under a checkpoint's name, and streams to disk
+    (Lightning's own ``_atomic_save`` first builds the whole checkpoint in memory)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+
+def write_json_atomic(data: dict, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- checkpoint callbacks
+def periodic_checkpoint(dirpath: str | Path, every_n_steps: int, keep_last: int):
+    """Lightning's ``ModelCheckpoint`` every ``every_n_steps`` optimizer steps, keeping the newest ``keep_last``
+    (ranked by the global step, which Lightning always offers as a monitor)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=str(dirpath), filename="step-{step:06d}", auto_insert_metric_name=False,
+                           every_n_train_steps=int(every_n_steps), save_top_k=int(keep_last), monitor="step",
+                           mode="max", save_last=False, save_on_train_epoch_end=False)
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM (a cluster's pre-emption notice): finish the current optimizer step, write a checkpoint, stop.
+
+    The handler only records the request (Lightning's own would raise at the next batch, possibly in the middle of
+    gradient accumulation); the decision to stop is taken by every rank at the same optimizer-step boundary.
+    ``preempted`` then holds the checkpoint's path; the caller exits without marking the stage done."""
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+        self.requested = False
+        self.preempted: Path | None = None
+        self._previous = None
+        self._step_at_start = 0
+        self._children: list = []
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+        for proc in self._children:  # ranks that Lightning started itself (one node, no cluster launcher)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        log.warning("SIGTERM received: a checkpoint is written at the end of the current optimizer step")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._children = list(getattr(trainer.strategy.launcher, "procs", None) or [])
+        self._previous = signal.signal(signal.SIGTERM, self._handler)  # replaces Lightning's (restored at the end)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._step_at_start:  # still accumulating: not a step boundary
+            return
+        requested = self.requested
+        if trainer.world_size > 1:
+            requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
+        if not requested:
+            return
+        path = self.dirpath / f"step-{trainer.global_step:06d}.ckpt"
+        trainer.save_checkpoint(str(path))
+        self.preempted = path
+        trainer.should_stop = True
+        log.warning("pre-empted: checkpoint %s written at step %d; continue with resume=auto", path,
+                    trainer.global_step)
+
+
+# --------------------------------------------------------------------------------------------------- resuming
+def checkpoint_step(path: Path) -> int:
+    m = CKPT_RE.search(path.name)
+    return int(m.group(1)) if m else -1
+
+
+def validate_checkpoint(path: str | Path) -> dict:
+    """Open a checkpoint cheaply (memory-mapped, tensors not read) after checking every zip member's CRC; return its
+    ``lmm`` entry. Raises :class:`ResumeError` naming the file for a truncated or corrupt one."""
+    path = Path(path)
+    if path.is_dir():  # DeepSpeed: complete once its "latest" tag exists
+        if not (path / "latest").exists():
+            raise ResumeError(f"{path}: DeepSpeed checkpoint folder without its 'latest' tag (interrupted write)")
+        return {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            raise ResumeError(f"{path}: corrupt checkpoint (member {bad} fails its CRC)")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except ResumeError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, EOFError, RuntimeError from torch.load, pickle errors
+        raise ResumeError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    if "state_dict" not in ckpt or "loops" not in ckpt:
+        raise ResumeError(f"{path}: not a Lightning training checkpoint (no state_dict / loops)")
+    return ckpt.get("lmm") or {}
+
+
+def find_resume_checkpoint(stage_dir: str | Path) -> tuple[Path, dict] | None:
+    """The newest valid checkpoint of an interrupted stage (a corrupt newest one is reported and skipped), with its
+    ``lmm`` entry; ``None`` when the stage wrote none."""
+    folder = Path(stage_dir) / "checkpoints"
+    found = sorted((p for p in folder.glob("step-*.ckpt")), key=checkpoint_step, reverse=True)
+    for path in found:
+        try:
+            return path, validate_checkpoint(path)
+        except ResumeError as e:
+            log.error("%s — falling back to the previous checkpoint", e)
+    if found:
+        raise ResumeError(f"no readable checkpoint in {folder} (tried {[p.name for p in found]})")
+    return None
+
+
+def stage_done(stage_dir: str | Path) -> dict | None:
+    path = Path(stage_dir) / DONE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_trainable_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The trainable weights a stage checkpoint holds, as a LightningModule state dict (``model.…`` keys). A
+    DeepSpeed checkpoint folder is consolidated into fp32 first (Lightning's ZeRO converter)."""
+    path = Path(path)
+    if path.is_dir():
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        out = path / "fp32_state.pt"
+        if not out.exists():
+            convert_zero_checkpoint_to_fp32_state_dict(str(path), str(out))
+        path = out
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["state_dict"]
