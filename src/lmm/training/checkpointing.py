@@ -101,26 +101,19 @@ def write_json_atomic(data: dict, path: str | Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------- checkpoint callbacks
-def periodic_checkpoint(dirpath: str | Path, every_n_steps: int, keep_last: int):
-    """Lightning's ``ModelCheckpoint`` every ``every_n_steps`` optimizer steps, keeping the newest ``keep_last``
-    (ranked by the global step, which Lightning always offers as a monitor)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+# ---------------------------------------------------------------------------------------- checkpoint callback
+class StepCheckpoints(L.Callback):
+    """``<dirpath>/step-<N>.ckpt`` every ``every_n_steps`` optimizer steps (the newest ``keep_last`` kept), and on
+    SIGTERM (a cluster's pre-emption notice): finish the current optimizer step, write a checkpoint, stop.
 
-    return ModelCheckpoint(dirpath=str(dirpath), filename="step-{step:06d}", auto_insert_metric_name=False,
-                           every_n_train_steps=int(every_n_steps), save_top_k=int(keep_last), monitor="step",
-                           mode="max", save_last=False, save_on_train_epoch_end=False)
+    The SIGTERM handler only records the request (Lightning's own would raise at the next micro-batch, possibly in
+    the middle of gradient accumulation); every rank decides at the same optimizer-step boundary, and every rank
+    takes part in the save (sharded strategies gather). ``preempted`` then holds the checkpoint's path; the caller
+    exits without marking the stage done."""
 
-
-class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM (a cluster's pre-emption notice): finish the current optimizer step, write a checkpoint, stop.
-
-    The handler only records the request (Lightning's own would raise at the next batch, possibly in the middle of
-    gradient accumulation); the decision to stop is taken by every rank at the same optimizer-step boundary.
-    ``preempted`` then holds the checkpoint's path; the caller exits without marking the stage done."""
-
-    def __init__(self, dirpath: str | Path):
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, keep_last: int = 2):
         self.dirpath = Path(dirpath)
+        self.every, self.keep_last = int(every_n_steps or 0), max(1, int(keep_last))
         self.requested = False
         self.preempted: Path | None = None
         self._previous = None
@@ -153,19 +146,32 @@ class PreemptionCheckpoint(L.Callback):
         self._step_at_start = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self._step_at_start:  # still accumulating: not a step boundary
+        step = trainer.global_step
+        if step == self._step_at_start:  # still accumulating: not a step boundary
             return
         requested = self.requested
         if trainer.world_size > 1:
             requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
-        if not requested:
+        if not requested and not (self.every and step % self.every == 0):
             return
-        path = self.dirpath / f"step-{trainer.global_step:06d}.ckpt"
+        path = self.dirpath / f"step-{step:06d}.ckpt"
         trainer.save_checkpoint(str(path))
-        self.preempted = path
-        trainer.should_stop = True
-        log.warning("pre-empted: checkpoint %s written at step %d; continue with resume=auto", path,
-                    trainer.global_step)
+        if trainer.is_global_zero:
+            self.prune()
+        if requested:
+            self.preempted = path
+            trainer.should_stop = True
+            log.warning("pre-empted: checkpoint %s written at step %d; continue with resume=auto", path, step)
+
+    def prune(self) -> None:
+        found = sorted(self.dirpath.glob("step-*.ckpt"), key=checkpoint_step)
+        for old in found[: -self.keep_last]:
+            if old.is_dir():
+                import shutil
+
+                shutil.rmtree(old)
+            else:
+                old.unlink()
 
 
 # --------------------------------------------------------------------------------------------------- resuming

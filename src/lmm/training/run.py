@@ -26,11 +26,10 @@ from lmm.tracking import mlflow as track
 from lmm.training.checkpointing import (
     DONE_FILE,
     AtomicCheckpointIO,
-    PreemptionCheckpoint,
     ResumeError,
+    StepCheckpoints,
     find_resume_checkpoint,
     load_trainable_state,
-    periodic_checkpoint,
     stage_done,
     validate_checkpoint,
     write_json_atomic,
@@ -200,17 +199,15 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     logger = track.make_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, f"{cfg.run_name}-{name}",
                                {"stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir),
                                 **run_tags(cfg)}, run_id=run_id)
-    preempt = PreemptionCheckpoint(stage_dir / "checkpoints")
+    ck = cfg.get("checkpoint") or {}
+    preempt = StepCheckpoints(stage_dir / "checkpoints", ck.get("every_n_steps"), ck.get("keep_last", 2))
     callbacks = stage_callbacks(cfg, name, tokenizer, processor) + [preempt]
-    every = (cfg.get("checkpoint") or {}).get("every_n_steps")
-    if every:
-        callbacks.append(periodic_checkpoint(stage_dir / "checkpoints", every, cfg.checkpoint.keep_last))
     strategy = build_strategy(stage.get("strategy"), model, stage.micro_batch_size)
     trainer = L.Trainer(
         max_epochs=stage.epochs, max_steps=stage.max_steps, gradient_clip_val=stage.gradient_clip_val,
         precision=precision, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes, strategy=strategy, logger=logger, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], default_root_dir=str(stage_dir), enable_checkpointing=bool(every),
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(stage_dir), enable_checkpointing=False,
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
         enable_model_summary=False,
     )
