@@ -9,17 +9,17 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint train train-row sweep-data sweep-llm synth shards eval score ui compare \
-	bench-gen bench-data merge-lora export-hf import-hf clean
+.PHONY: help setup test test-fast lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui \
+	compare bench-gen bench-data bench-gpu merge-lora export-hf import-hf clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-setup: ## Create .venv: torch + torchvision pinned first, then the package (dev extras) held to them
+setup: ## Create .venv: torch + torchvision pinned first, then the package (dev + deepspeed extras) held to them
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q $(TORCH_PINS)
 	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
-	$(VENV)/bin/pip install -q -c $(VENV)/torch-constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q -c $(VENV)/torch-constraints.txt -e '.[dev,deepspeed]'
 
 test: ## Run the whole test suite (slow end-to-end tests included)
 	$(PY) -m pytest -q
@@ -35,6 +35,12 @@ train: ## Train (default: tiny twin, both stages, synthetic data, CPU); ARGS="..
 
 train-row: ## Train one paper experiment: make train-row ROW=row7_gqa [ARGS="scale=paper"]
 	$(PY) train.py +experiment=$(ROW) $(ARGS)
+
+plan: ## Pre-flight plan of an experiment (memory, steps, FLOPs, time), offline: make plan [ROW=llava_v1_5_13b] [ARGS=...]
+	$(PY) train.py +experiment=$(or $(ROW),llava_v1_5_7b) scale=paper plan=true $(ARGS)
+
+resume: ## Continue an interrupted run with its own overrides, in its folder: make resume RUN=outputs/<run> [ARGS=...]
+	$(PY) -m lmm.training.resume $(RUN) $(ARGS)
 
 sweep-data: ## Fig. 4 data-efficiency sweep (subsample 0.1 … 1.0), one MLflow run per ratio; ARGS for overrides
 	$(PY) train.py -m +sweep=data_efficiency +experiment=$(or $(EXP),llava_v1_5_7b) $(ARGS)
@@ -59,6 +65,9 @@ bench-gen: ## Benchmark batched vs one-at-a-time generation (answers/s, identica
 
 bench-data: ## Benchmark the shard DataModule vs a LLaVA-style lazy JSON loader (samples/s, ratio)
 	$(PY) benchmarks/loader_benchmark.py
+
+bench-gpu: ## One GPU: real-size step of a ~1B-LLM LLaVA (bf16, fp32 masters) — tokens/s, MFU; ARGS="--device cpu --toy" on CPU
+	$(PY) benchmarks/gpu_step.py $(ARGS)
 
 merge-lora: ## Merge a LoRA model folder into full weights: make merge-lora SRC=... DST=...
 	$(PY) -m lmm.models.lora merge $(SRC) $(DST)

@@ -84,9 +84,12 @@ def test_preempted_and_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn newest checkpoint
 
-    # 3. resume=auto: a clear message about the torn file, back to the previous checkpoint, to the end.
-    res = run(dir_, "resume=auto")
+    # 3. `python -m lmm.training.resume <run>` (the run's own overrides, resume=auto): a clear message about the torn
+    #    file, back to the previous checkpoint, to the end.
+    res = subprocess.run([sys.executable, "-m", "lmm.training.resume", str(dir_)], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
     log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-4000:]
     assert f"{newest}: unreadable checkpoint" in log and "falling back to the previous checkpoint" in log
     assert f"resuming stage finetune from {ckpts[0]}" in log
     assert (dir_ / "pretrain" / "stage_done.json").stat().st_mtime_ns == pre_done  # a finished stage is kept

@@ -67,7 +67,8 @@ def test_timm_tower_and_connector_file_handoff(tmp_path):
 
 
 def test_all_masked_guard_stops_the_run(tmp_path):
-    res = train(tmp_path, "model.max_length=40", "run_stages=[finetune]", "data.masked_min_samples=8", *FAST,
+    res = train(tmp_path, "model.max_length=40", "run_stages=[finetune]", "stages.finetune.allow_random_connector=true",
+                "data.masked_min_samples=8", *FAST,
                 check=False)
     assert res.returncode != 0
     assert "have every label masked" in res.stderr + res.stdout

@@ -28,14 +28,17 @@ class NonFiniteError(FloatingPointError):
 class LlavaLitModule(L.LightningModule):
     def __init__(self, model: LlavaModel, trainable: list[str], lr: float, connector_lr: float | None = None,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas=(0.9, 0.999), eps: float = 1e-8,
-                 lora: dict | None = None, nonfinite: str = "raise", fsdp: dict | None = None):
+                 lora: dict | None = None, nonfinite: str = "raise", fsdp: dict | None = None,
+                 fp32_masters: bool = True):
         super().__init__()
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"guard.nonfinite must be raise or skip, got {nonfinite!r}")
         self.model = model
         # lora ({r, alpha, dropout} or None): the LLM trains through LoRA adapters (lmm.models.lora)
         self.param_table = apply_stage(model, list(trainable), dict(lora) if lora else None)
-        self.n_upcast = keep_fp32_masters(model)  # fp32 masters for what trains; frozen parts keep their dtype
+        # fp32 masters for what trains; frozen parts keep their dtype. Under DeepSpeed the engine keeps them itself
+        # (fp32_masters=False): the bf16 module is handed over as loaded, without an fp32 copy per rank.
+        self.n_upcast = keep_fp32_masters(model) if fp32_masters else 0
         self.nonfinite, self.fsdp = nonfinite, fsdp
         self.nonfinite_skipped = 0
         self.mlflow_run_id: str | None = None

@@ -89,7 +89,8 @@ def make_module(cfg: DictConfig, stage: DictConfig, model) -> LlavaLitModule:
     spec = OmegaConf.to_container(stage.strategy, resolve=True) if stage.get("strategy") else {"name": "auto"}
     return LlavaLitModule(model, list(stage.trainable), stage.lr, stage.get("connector_lr"), stage.weight_decay,
                           stage.warmup_ratio, lora=stage.get("lora"), nonfinite=cfg.get("guard", {}).get(
-                              "nonfinite", "raise"), fsdp=spec if spec.get("name") == "fsdp" else None)
+                              "nonfinite", "raise"), fsdp=spec if spec.get("name") == "fsdp" else None,
+                          fp32_masters=spec.get("name") != "deepspeed")
 
 
 def adopt_stage(cfg: DictConfig, stage: DictConfig, model, checkpoint: str | Path) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmm.data.mixture import plain_config
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
@@ -32,14 +34,10 @@ class StrategyError(ValueError):
 
 
 def _plain(spec: Any) -> dict:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(spec):
-            return OmegaConf.to_container(spec, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(spec or {"name": "auto"}) if not isinstance(spec, str) else {"name": spec}
+    """A strategy spec as a dict: a config node, a dict, a bare name, or None (= auto)."""
+    if isinstance(spec, str):
+        return {"name": spec}
+    return dict(plain_config(spec) or {"name": "auto"})
 
 
 def strategy_name(spec: Any) -> str:
