@@ -93,12 +93,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-def write_json_atomic(data: dict, path: str | Path) -> Path:
+def write_text_atomic(text: str, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(data: dict, path: str | Path) -> Path:
+    return write_text_atomic(json.dumps(data, indent=2, default=str), path)
 
 
 # ---------------------------------------------------------------------------------------- checkpoint callback
@@ -223,16 +227,28 @@ def stage_done(stage_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def load_trainable_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The trainable weights a stage checkpoint holds, as a LightningModule state dict (``model.…`` keys). A
-    DeepSpeed checkpoint folder is consolidated into fp32 first (Lightning's ZeRO converter)."""
+def consolidate_deepspeed(path: str | Path) -> Path:
+    """A DeepSpeed checkpoint folder's trainable weights as one fp32 file (Lightning's ZeRO converter), written once
+    and atomically: call on one rank, then synchronise. A plain checkpoint file is returned as it is."""
     path = Path(path)
-    if path.is_dir():
+    if not path.is_dir():
+        return path
+    out = path / "fp32_state.pt"
+    if not out.exists():
         from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
-        out = path / "fp32_state.pt"
-        if not out.exists():
-            convert_zero_checkpoint_to_fp32_state_dict(str(path), str(out))
-        path = out
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt["state_dict"]
+        tmp = path / f".fp32_state.pt.tmp-{os.getpid()}"
+        convert_zero_checkpoint_to_fp32_state_dict(str(path), str(tmp))
+        os.replace(tmp, out)
+    return out
+
+
+def load_trainable_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The trainable weights a stage checkpoint holds, as a LightningModule state dict (``model.…`` keys); for a
+    DeepSpeed checkpoint folder, its consolidated fp32 file (:func:`consolidate_deepspeed`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "fp32_state.pt"
+        if not path.exists():
+            raise ResumeError(f"{path.parent}: DeepSpeed checkpoint not consolidated (consolidate_deepspeed)")
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

@@ -28,11 +28,13 @@ from lmm.training.checkpointing import (
     AtomicCheckpointIO,
     ResumeError,
     StepCheckpoints,
+    consolidate_deepspeed,
     find_resume_checkpoint,
     load_trainable_state,
     stage_done,
     validate_checkpoint,
     write_json_atomic,
+    write_text_atomic,
 )
 from lmm.training.components import (  # noqa: F401  (build_*_config: re-exported for callers of this module)
     build_data,
@@ -196,7 +198,8 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     module = make_module(cfg, stage, model)
     table = format_param_table(module.param_table)
     log.info("stage %s — trainable parameters:\n%s", name, table)
-    run_id = ckpt_info.get("mlflow_run_id")
+    run_file = stage_dir / "mlflow_run_id.txt"  # beside the checkpoints (a DeepSpeed folder keeps it in its shards)
+    run_id = ckpt_info.get("mlflow_run_id") or (run_file.read_text().strip() if ckpt and run_file.exists() else None)
     logger = track.make_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, f"{cfg.run_name}-{name}",
                                {"stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir),
                                 **run_tags(cfg)}, run_id=run_id)
@@ -218,6 +221,9 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     image_tokens = model.hd.max_num_tokens if model.hd_active else model.num_image_tokens
     data = build_data(cfg, name, processor, stage.micro_batch_size, accum, tokenizer.pad_token_id, image_tokens)
     module.mlflow_run_id = logger.run_id
+    if trainer.is_global_zero and logger.run_id:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(logger.run_id, run_file)
     batch_info = {"train/world_size": world, "train/accumulation": accum,
                   "train/global_batch": stage.micro_batch_size * accum * world}
     log.info("stage %s: strategy %s, precision %s, %d process(es) × micro batch %d × accumulation %d = global "
@@ -243,6 +249,9 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
         sys.exit(PREEMPTED_EXIT)
     ckpt_last = stage_dir / "last.ckpt"
     trainer.save_checkpoint(str(ckpt_last))
+    if trainer.is_global_zero:
+        consolidate_deepspeed(ckpt_last)  # a DeepSpeed folder → one fp32 file of the trainable weights
+    trainer.strategy.barrier("consolidated")
     counts = {**data_counts(data), **module.data_counts()}
     track.log_metrics(logger, counts, step=trainer.global_step)
     sharded = strategy_name(stage.get("strategy")) in ("fsdp", "deepspeed")
