@@ -13,8 +13,8 @@ def main(cfg: DictConfig) -> float | None:
     from lmm.training.run import run_training
 
     result = run_training(cfg)
-    if not result.get("is_global_zero", True):
-        return None  # other ranks of a multi-process run: rank 0 reports
+    if not result.get("is_global_zero", True) or "plan" in result:
+        return None  # other ranks of a multi-process run (rank 0 reports), or a plan (printed already)
     for name, st in result["stages"].items():
         model = f"; model: {st['model_dir']}" if st["model_dir"] else ""
         print(f"[{name}] loss {st['first_loss']:.4f} -> {st['last_loss']:.4f} ({st['steps']} steps); "
