@@ -1,9 +1,8 @@
-"""Fixtures for the evaluation tests: the shared LLaVA eval samples and small file writers."""
+"""Fixtures for the evaluation tests: LLaVA's eval samples (tests/fixtures) and small file writers."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -14,18 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """``../shared`` next to the repository (override with ``LMM_SHARED_DIR``)."""
-    path = Path(os.environ.get("LMM_SHARED_DIR", REPO_ROOT.parent / "shared"))
-    if not (path / "fixtures" / "llava_eval_samples").is_dir():
-        pytest.fail(f"shared fixtures not found under {path} (clone ../shared or set LMM_SHARED_DIR)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def eval_samples(shared_dir: Path) -> Path:
-    """LLaVA's ``playground/data/eval`` sample layout (read-only)."""
-    return shared_dir / "fixtures" / "llava_eval_samples"
+def eval_samples() -> Path:
+    """LLaVA's ``playground/data/eval`` sample layout (read-only), kept in the repository: tests/fixtures/README.md."""
+    return REPO_ROOT / "tests" / "fixtures" / "llava_eval_samples"
 
 
 def _write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
