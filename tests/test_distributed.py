@@ -16,7 +16,7 @@ ARGS = ["trainer.enable_progress_bar=false", "eval.after_training=false", "model
         "model.vision.twin.pretrain=null", "data.twin.n_pretrain=32", "data.twin.n_finetune=64",
         "stages.pretrain.epochs=1", "stages.finetune.epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
         "stages.pretrain.micro_batch_size=8", "stages.finetune.micro_batch_size=4",
-        "stages.finetune.global_batch_size=16"]
+        "stages.finetune.global_batch_size=16", "checkpoint.every_n_steps=1", "checkpoint.keep_last=4"]
 
 
 def train(run_dir, strategy, *extra):
@@ -79,3 +79,15 @@ def test_sharded_model_is_saved_whole(runs):
     trained = weights(root / "fsdp", "finetune")
     state = model.state_dict()
     assert max((state[k[len("model."):]] - v).abs().max().item() for k, v in trained.items()) == 0
+
+
+def test_fsdp_stage_resumes_from_a_checkpoint_exactly(runs, tmp_path):
+    """`resume=<file>`: stage 2 of the FSDP run continued from its step-2 checkpoint in another folder (a new MLflow
+    run there) ends with the uninterrupted run's weights — the data position is restored although the sharded
+    strategy restores only after the optimizers are set up."""
+    root, _, _ = runs
+    ckpt = root / "fsdp" / "finetune" / "checkpoints" / "step-000002.ckpt"
+    res = train(tmp_path, "fsdp", "run_stages=[finetune]", f"resume={ckpt}",
+                f"stages.finetune.init_connector={root / 'fsdp' / 'pretrain' / 'connector.safetensors'}")
+    assert "the resumed stage gets a new run" in res.stdout + res.stderr
+    assert max_diff(weights(root / "fsdp", "finetune"), weights(tmp_path, "finetune")) == 0

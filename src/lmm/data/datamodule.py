@@ -252,6 +252,12 @@ class ShardDataModule(L.LightningDataModule):
         rows = self.epoch_rows(epoch)
         return [[rows[i] for i in mb] for mb in self.plan(epoch).rank_batches(self._rank if rank is None else rank)]
 
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """This rank's micro-batches in an epoch (after ``setup``), known without iterating the loader."""
+        self.setup("fit")
+        return len(self.dataset)
+
     def train_dataloader(self) -> PlanLoader:
         return PlanLoader(self, self.dataset, self.num_workers)
 

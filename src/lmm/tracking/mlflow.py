@@ -46,6 +46,16 @@ def make_logger(tracking_uri: str, experiment_name: str, run_name: str, tags: di
                         tags={k: str(v) for k, v in tags.items()}, log_model=False, run_id=run_id)
 
 
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    """Whether ``run_id`` is a live run of the store (a checkpoint from another run folder names a foreign run)."""
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def reopen(logger) -> None:
     """Mark a continued run as running again (an interrupted run was left RUNNING, a pre-empted one KILLED)."""
     if logger.run_id:

@@ -91,11 +91,30 @@ class LlavaLitModule(L.LightningModule):
             set_rng_state(state["rng"])
 
     def on_train_start(self) -> None:
+        import os
+        if os.environ.get("LMM_DEBUG_OPT"):
+            opt = self.optimizers().optimizer
+            st = [v for s in opt.state.values() for k, v in s.items() if k == "exp_avg"]
+            tot = sum(float((x.to_local() if hasattr(x, "to_local") else x).abs().sum()) for x in st)
+            steps = [float(s["step"]) for s in opt.state.values() if "step" in s][:2]
+            w = sum(float((p.to_local() if hasattr(p, "to_local") else p).detach().abs().sum()) for p in self.model.parameters() if p.requires_grad)
+            print(f"DEBUG rank {self.global_rank} gs {self.trainer.global_step} n_state {len(opt.state)} exp_avg_abs {tot:.6f} steps {steps} w {w:.6f} lr {[g['lr'] for g in opt.param_groups]}", flush=True)
         if not _is_deepspeed(self.trainer.strategy):  # DeepSpeed keeps its own fp32 masters of the bf16 module
             check_fp32_masters(self.model)
 
+    def stepping_batches(self) -> int:
+        """The stage's optimizer steps, as Lightning's estimate — from the datamodule's epoch length when it has one,
+        without building the loader's iterator: a sharded strategy restores the data position only after
+        ``configure_optimizers``, and an iterator made before that would start the epoch at micro-batch 0."""
+        trainer = self.trainer
+        n = getattr(trainer.datamodule, "micro_batches_per_epoch", None)
+        if n is None or trainer.max_epochs == -1:
+            return int(trainer.estimated_stepping_batches)
+        steps = math.ceil(n / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+        return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
     def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.stepping_batches()
         groups = param_groups(self.model, self.lr, self.connector_lr, self.weight_decay)
         opt, sched = build_optimizer(groups, total, self.warmup_ratio, self.betas, self.eps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -200,6 +200,10 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     log.info("stage %s — trainable parameters:\n%s", name, table)
     run_file = stage_dir / "mlflow_run_id.txt"  # beside the checkpoints (a DeepSpeed folder keeps it in its shards)
     run_id = ckpt_info.get("mlflow_run_id") or (run_file.read_text().strip() if ckpt and run_file.exists() else None)
+    if run_id and not track.run_exists(cfg.logger.tracking_uri, run_id):
+        log.warning("the checkpoint's MLflow run %s is not in %s: the resumed stage gets a new run", run_id,
+                    cfg.logger.tracking_uri)
+        run_id = None
     logger = track.make_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, f"{cfg.run_name}-{name}",
                                {"stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir),
                                 **run_tags(cfg)}, run_id=run_id)
