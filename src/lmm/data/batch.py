@@ -22,10 +22,6 @@ class Example:
     # HD only (lmm.data.hd_cells): one layout row per image; pixel_values then holds every view of every image.
     image_grids: torch.Tensor | None = None
 
-    @property
-    def fully_masked(self) -> bool:
-        return all(x == IGNORE_INDEX for x in self.labels)
-
 
 @dataclass
 class Skipped:
@@ -44,7 +40,6 @@ class Batch:
     pixel_values: torch.Tensor | None  # [N_images, 3, S, S], in marker order over the batch
     ids: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-    n_fully_masked: int = 0
     skipped: Counter = field(default_factory=Counter)
     image_grids: torch.Tensor | None = None  # HD: [N_images, 7] layouts (lmm.data.hd_cells), else None
 
@@ -54,7 +49,7 @@ class Batch:
     def to(self, device) -> "Batch":
         mv = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch(mv(self.input_ids), mv(self.attention_mask), mv(self.labels), mv(self.pixel_values),
-                     self.ids, self.sources, self.n_fully_masked, self.skipped, mv(self.image_grids))
+                     self.ids, self.sources, self.skipped, mv(self.image_grids))
 
 
 def collate(items: list[Example | Skipped], pad_id: int, padding_side: str = "right") -> Batch:
@@ -82,6 +77,6 @@ def collate(items: list[Example | Skipped], pad_id: int, padding_side: str = "ri
         input_ids=ids, attention_mask=mask, labels=labels,
         pixel_values=torch.cat(pix) if pix else None,
         ids=[e.id for e in examples], sources=[e.source for e in examples],
-        n_fully_masked=sum(e.fully_masked for e in examples), skipped=skipped,
+        skipped=skipped,
         image_grids=torch.cat(grids) if grids else None,
     )

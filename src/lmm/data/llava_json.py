@@ -75,9 +75,6 @@ class LlavaJsonDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def modality_lengths(self) -> list[int]:
-        return [r.word_length() * (1 if r.has_image else -1) for r in self.records]
-
     def __getitem__(self, i: int) -> Example | Skipped:
         rec = self.records[i]
         try:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 MANIFEST_NAME = "manifest.jsonl"
 REPORT_NAME = "report.json"
-ROW_FIELDS = ("key", "id", "source", "has_image", "n_images", "words", "tokens", "shard", "position", "members")
 
 
 def write_manifest(path: str | Path, rows: list[dict]) -> Path:

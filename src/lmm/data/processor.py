@@ -1,7 +1,7 @@
 """Sample → example: a validated record and its images become token ids, labels and pixel tensors.
 
-This is the sample → batch path shared by every data source (the JSON reader here, the WebDataset shards later):
-it knows nothing of where records come from.
+This is the sample → batch path shared by every data source (the map-style JSON reader and the WebDataset shard
+loader): it knows nothing of where records come from.
 """
 
 from __future__ import annotations

@@ -117,10 +117,6 @@ class BatchPlan:
     def micro_batches_per_rank(self) -> int:
         return sum(len(gb) // self.world_size for gb in self.global_batches)
 
-    @property
-    def num_items(self) -> int:
-        return sum(len(slot) for gb in self.global_batches for slot in gb)
-
 
 def _spread(items: list[int], abs_lengths: Sequence[float], num_slots: int) -> list[list[int]]:
     """Deal ``items`` (at least ``num_slots``) over ``num_slots`` micro-batches, longest first, length-balanced."""

@@ -1,4 +1,5 @@
-"""Callbacks: the fully-masked-sample guard (LLaVA's silent "loss is 0") and the connector export at stage end."""
+"""Callbacks: the fully-masked-sample guard (LLaVA's silent "loss is 0") and small benchmarks scored during training.
+(Step checkpoints and pre-emption: :mod:`lmm.training.checkpointing`.)"""
 
 from __future__ import annotations
 
