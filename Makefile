@@ -27,8 +27,9 @@ test: ## Run the whole test suite (slow end-to-end tests included)
 test-fast: ## Run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-lint: ## Ruff over the package, entry points and tests
-	$(VENV)/bin/ruff check src tests train.py
+lint: ## Ruff over the package, entry points and tests; import-linter's contracts (pyproject.toml) over src/lmm
+	$(VENV)/bin/ruff check src tests train.py eval.py benchmarks
+	$(VENV)/bin/lint-imports
 
 train: ## Train (default: tiny twin, both stages, synthetic data, CPU); ARGS="..." passes Hydra overrides
 	$(PY) train.py $(ARGS)
@@ -49,7 +50,7 @@ sweep-llm: ## Fig. 3 LLM-choice sweep (Vicuna v1.1/v1.3/v1.5, LLaMA-2-chat); ARG
 	$(PY) train.py -m +sweep=llm_choice +experiment=$(or $(EXP),llava_v1_5_7b) $(ARGS)
 
 synth: ## Build every synthetic twin once (training sources + 12 benchmarks) into the cache folder
-	$(PY) -m lmm.data.synth $(ARGS)
+	$(PY) -m lmm.synth $(ARGS)
 
 shards: ## Convert LLaVA JSON to shards: make shards JSON=... IMAGES=... OUT=... [RULES=llava_mix665k]
 	$(PY) -m lmm.data.shards --json $(JSON) --image-folder $(IMAGES) --out $(OUT) --source-rules $(or $(RULES),llava_mix665k) $(ARGS)
@@ -70,7 +71,7 @@ bench-gpu: ## One GPU: real-size step of a ~1B-LLM LLaVA (bf16, fp32 masters) â€
 	$(PY) benchmarks/gpu_step.py $(ARGS)
 
 merge-lora: ## Merge a LoRA model folder into full weights: make merge-lora SRC=... DST=...
-	$(PY) -m lmm.models.lora merge $(SRC) $(DST)
+	$(PY) -m lmm.models.checkpoint merge $(SRC) $(DST)
 
 export-hf: ## Export a model folder to the llava-hf layout: make export-hf MODEL=outputs/<run> OUT=...
 	$(PY) -m lmm.interop export $(MODEL) $(OUT)

@@ -11,9 +11,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from lmm.evaluation.run import run_eval
+    from lmm.pipeline import evaluate
 
-    out = run_eval(cfg.eval, cfg.checkpoint, cfg.output_dir)
+    out = evaluate(cfg)
     for name, scores in out["results"].items():
         print(f"[{name}] " + json.dumps(scores, default=str)[:600])
     print(f"answers and scores: {out['output_dir']}; MLflow run {out['run_id']} in {out['tracking_uri']}")

@@ -10,9 +10,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from lmm.training.run import run_training
+    from lmm.pipeline import train
 
-    result = run_training(cfg)
+    result = train(cfg)
     if not result.get("is_global_zero", True) or "plan" in result:
         return None  # other ranks of a multi-process run (rank 0 reports), or a plan (printed already)
     for name, st in result["stages"].items():

@@ -25,13 +25,13 @@ def main(argv=None) -> dict:
     import yaml
 
     from lmm.data.images import ImageTransform
-    from lmm.data.synth.benchmarks import write_synthetic_benchmarks
-    from lmm.data.synthetic import tokenizer_corpus
     from lmm.evaluation.benchmarks import get_benchmark
     from lmm.evaluation.generate import answer_questions
     from lmm.evaluation.run import resolve_model_dir
     from lmm.models.build import build_llava
     from lmm.models.checkpoint import load_model_dir
+    from lmm.synth import tokenizer_corpus
+    from lmm.synth.benchmarks import write_synthetic_benchmarks
     from lmm.text.templates import get_template
     from lmm.text.tokenizer import train_tiny_tokenizer
 

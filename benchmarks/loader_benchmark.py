@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from lmm.data.llava_json import LlavaJsonDataset
     from lmm.data.processor import SampleProcessor
     from lmm.data.shards import convert
-    from lmm.data.synthetic import tokenizer_corpus, write_synthetic
+    from lmm.synth import tokenizer_corpus
+    from lmm.synth.basic import write_synthetic
     from lmm.text.templates import get_template
     from lmm.text.tokenizer import default_cache_dir, train_tiny_tokenizer
 

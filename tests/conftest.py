@@ -15,7 +15,7 @@ CACHE = Path(os.environ.setdefault("LMM_CACHE", str(REPO / ".cache" / "lmm-test"
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The tiny Llama-style SentencePiece tokenizer (legacy=True, as Vicuna's in LLaVA), trained once."""
-    from lmm.data.synthetic import tokenizer_corpus
+    from lmm.synth import tokenizer_corpus
     from lmm.text.tokenizer import train_tiny_tokenizer
 
     tok, _ = train_tiny_tokenizer(tokenizer_corpus(), 1000, CACHE, 2048)

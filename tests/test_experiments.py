@@ -91,7 +91,7 @@ def test_tiny_twins_keep_relative_sizes():
     v224, v336 = (cfg_of(e).model.vision.twin for e in ("row5_region_vqa", "row6_res336"))
     assert (v336.image_size // v336.patch_size) > (v224.image_size // v224.patch_size)
     tiny = cfg_of("row7_gqa", scale="tiny")
-    assert tiny.model.twin and tiny.data.twin_enabled and "synthetic" in tiny.data.root
+    assert tiny.model.twin and tiny.data.twin.enabled and "synthetic" in tiny.data.root
     assert tiny.model.vision.name_or_path == "openai/clip-vit-large-patch14-336"  # structure unchanged
 
 

@@ -7,10 +7,15 @@ from conftest import TINY_LLM, TINY_VISION
 from PIL import Image
 
 from lmm.data.batch import Example, collate
-from lmm.data.hd_cells import HDImageTransform, candidate_grids, select_grid, transform_images
+from lmm.data.hd_cells import (
+    HDImageTransform,
+    candidate_grids,
+    image_transform_for,
+    select_grid,
+    transform_images,
+)
 from lmm.data.images import ImageTransform
 from lmm.models.build import build_llava
-from lmm.models.hd import image_transform_for
 from lmm.text.templates import get_template
 from lmm.text.tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX, tokenize_conversation, tokenize_prompt
 from lmm.training.stages import apply_stage, param_groups

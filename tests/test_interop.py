@@ -151,7 +151,7 @@ def _llava_hf_folder(tok, path):
         LlavaProcessor,
     )
 
-    from lmm.models.checkpoint import save_tokenizer
+    from lmm.text.tokenizer import save_tokenizer
 
     save_tokenizer(tok, path / "tok_src")
     t = AutoTokenizer.from_pretrained(str(path / "tok_src"))

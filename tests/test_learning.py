@@ -7,9 +7,9 @@ Measured on this 2-core CPU (seeded, 96 benchmark images, 24,000 stage-2 samples
 POPE-like accuracy 96 % (chance 50 %: POPE asks each image one yes and one no question, so a guess from the image
 alone, e.g. "many objects → yes", scores exactly 50 %); GQA-like 63.5 % (chance 40 %, computed below from the
 question kinds), open questions 52 % (chance 31 %); VQAv2-like counting 100 % (chance 33 %), presence 94 %.
-What it took: the LLM twin chat-tuned on the twin world's text (lmm.training.twin_llm). With a random LLM twin POPE-like
+What it took: the LLM twin chat-tuned on the twin world's text (lmm.synth.twin_llm). With a random LLM twin POPE-like
 stays at 50 % (GQA-like 47 %, 32,000 samples); with 400 instead of 1000 chat-tuning steps too. Existence questions
-that come before the turns naming a shape (lmm.data.synth.sources.existence_first) lift GQA-like binary questions
+that come before the turns naming a shape (lmm.synth.sources.existence_first) lift GQA-like binary questions
 from 55 % to 75 % (POPE-like 95 % either way).
 """
 

@@ -6,8 +6,8 @@ from conftest import TINY_LLM, TINY_VISION
 
 from lmm.data.batch import Example, collate
 from lmm.models.build import build_llava
-from lmm.models.checkpoint import load_model_dir, save_model_dir
-from lmm.models.lora import DEFAULT_LORA, is_lora, lora_target_modules, merge_lora, merge_lora_dir
+from lmm.models.checkpoint import load_model_dir, main, merge_lora_dir, save_model_dir
+from lmm.models.lora import DEFAULT_LORA, is_lora, lora_target_modules, merge_lora
 from lmm.text.templates import get_template
 from lmm.text.tokenize import tokenize_conversation
 from lmm.training.stages import apply_stage, param_groups
@@ -142,7 +142,7 @@ def test_lora_folder_round_trip_and_merge_step(tiny_tokenizer, tmp_path):
 
 
 def test_merge_cli_and_errors(tiny_tokenizer, tmp_path):
-    from lmm.models.lora import add_lora, main
+    from lmm.models.lora import add_lora
 
     model = _model(tiny_tokenizer)
     with pytest.raises(ValueError, match="no LoRA adapters"):

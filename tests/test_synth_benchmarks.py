@@ -1,4 +1,4 @@
-"""The synthetic benchmark twins (``lmm.data.synth.benchmarks``) are read and scored by the same readers and
+"""The synthetic benchmark twins (``lmm.synth.benchmarks``) are read and scored by the same readers and
 scorers as the real files (``lmm.evaluation.benchmarks``): an oracle answer file (ground truth read back from
 the written GT files, in a form the official parser accepts) reaches the top score, and a constant (blind)
 answer file scores exactly the chance level the twin is built for. Generation is deterministic and
@@ -18,17 +18,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lmm.data.synth import bench_common as common
-from lmm.data.synth import write_synthetic_benchmarks as reexported
-from lmm.data.synth.bench_yesno import POPE_SPLITS, pope_negatives
-from lmm.data.synth.benchmarks import SYNTH_BENCHMARKS, write_synthetic_benchmarks
-from lmm.data.synth.scenes import COLORS, Obj, Scene
 from lmm.evaluation.answers import make_answer_record
 from lmm.evaluation.benchmarks import BENCHMARKS, get_benchmark
 from lmm.evaluation.benchmarks.base import MULTIPLE_CHOICE_SUFFIX, SHORT_ANSWER_SUFFIX
 from lmm.evaluation.benchmarks.mmbench import CN_SUFFIX
 from lmm.evaluation.benchmarks.vizwiz import VIZWIZ_SUFFIX
 from lmm.evaluation.judge import judge_llava_wild, judge_mmvet
+from lmm.synth import bench_common as common
+from lmm.synth import write_synthetic_benchmarks as reexported
+from lmm.synth.bench_yesno import POPE_SPLITS, pope_negatives
+from lmm.synth.benchmarks import SYNTH_BENCHMARKS, write_synthetic_benchmarks
+from lmm.synth.scenes import COLORS, Obj, Scene
 
 N, SIZE = 24, 64  # the defaults; the chance levels below are exact for them
 SCORED_LOCALLY = {"vqav2": {"split": "val"}, "vizwiz": {"split": "val"}}
@@ -297,7 +297,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_deterministic_idempotent_and_safe(root, tmp_path):
     again = tmp_path / "again"  # another process, another str-hash seed: still byte-identical files
-    build = "from lmm.data.synth.benchmarks import write_synthetic_benchmarks as w; w(*sys.argv[1:2], {}, {})"
+    build = "from lmm.synth.benchmarks import write_synthetic_benchmarks as w; w(*sys.argv[1:2], {}, {})"
     build = "import sys; " + build.format(N, SIZE)
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", build, str(again)], check=True, env=env, timeout=120)

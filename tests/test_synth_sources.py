@@ -8,8 +8,8 @@ from collections import Counter
 
 from lmm.data.records import parse_record
 from lmm.data.sources import SourceTagger
-from lmm.data.synth.scenes import SHAPES, Obj, Scene, make_scene
-from lmm.data.synth.sources import (
+from lmm.synth.scenes import SHAPES, Obj, Scene, make_scene
+from lmm.synth.sources import (
     EXISTENCE,
     LETTER,
     SHORT,

@@ -82,11 +82,3 @@ def test_benchmarks_scored_during_training(tmp_path):
     for bench in ("gqa", "pope"):
         assert len(client.get_metric_history(run_id, f"val/{bench}/score")) == 2  # once per epoch
     assert not any(k.startswith("val/") for k in by_stage["pretrain"].data.metrics)
-
-
-def test_map_style_json_loader(tmp_path):
-    """`data.loader=json`: the LLaVA-style map-style reader instead of shards, same sample → batch path."""
-    train(tmp_path, "data.loader=json", *FAST)
-    _, by_stage = runs(tmp_path)
-    metrics = by_stage["finetune"].data.metrics
-    assert metrics["data/records_in"] == metrics["data/samples_seen"] > 0

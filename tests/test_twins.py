@@ -1,19 +1,19 @@
 """Twins of pretrained backbones: trained once into the cache, saved as transformers checkpoints, loaded through
-``from_pretrained`` (lmm.training.twin_tower / twin_llm)."""
+``from_pretrained`` (lmm.synth.twin_tower / twin_llm)."""
 
 import random
 
 import torch
 
-from lmm.data.synth import tokenizer_corpus
-from lmm.data.synth.scenes import attribute_targets, make_scene
-from lmm.data.synth.sources import described_conversation
 from lmm.models.build import as_twin, random_twin_config
 from lmm.models.llm import build_llm
 from lmm.models.vision import build_vision_tower
+from lmm.synth import tokenizer_corpus
+from lmm.synth.scenes import attribute_targets, make_scene
+from lmm.synth.sources import described_conversation
+from lmm.synth.twin_llm import pretrain_twin_llm
+from lmm.synth.twin_tower import pretrain_twin_tower
 from lmm.text.tokenizer import train_tiny_tokenizer
-from lmm.training.twin_llm import pretrain_twin_llm
-from lmm.training.twin_tower import pretrain_twin_tower
 
 
 def test_pretrained_tower_twin(tmp_path):
@@ -57,24 +57,30 @@ def test_pretrained_llm_twin(tmp_path):
     assert "pretrain" not in random_twin_config(llm)["config"]
 
 
-def test_train_run_resolves_pretrained_twins(tmp_path):
-    """train.py's model builder: at scale=tiny a twin block with ``pretrain`` is replaced by its cached checkpoint;
-    at paper scale (model.twin false) the config is left alone."""
+def test_world_resolves_tokenizer_and_pretrained_twins(tmp_path):
+    """Before a twin run (model.twin), the world puts the tiny tokenizer's folder and each pretrained twin's cached
+    checkpoint into the config; at paper scale (model.twin false) the config is left alone."""
     from omegaconf import OmegaConf
 
-    from lmm.training.run import build_llm_config, build_vision_config
+    from lmm.synth.world import prepare_training
+    from lmm.training.components import build_tokenizer
 
-    tok, _ = train_tiny_tokenizer(tokenizer_corpus(), 1000)
     small = {"steps": 1, "batch_size": 2}
-    cfg = OmegaConf.create({"paths": {"cache_dir": str(tmp_path)}, "model": {"twin": True, "vision": {
+    cfg = OmegaConf.create({"paths": {"cache_dir": str(tmp_path)}, "run_stages": ["pretrain"], "data": {},
+                            "model": {"twin": True, "max_length": 128, "vision": {
         "kind": "hf", "model_type": "clip", "name_or_path": "openai/clip-vit-large-patch14", "select_layer": -2,
         "twin": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                  "image_size": 16, "patch_size": 8, "pretrain": small}},
         "llm": {"model_type": "llama", "name_or_path": "lmsys/vicuna-7b-v1.5", "chat_template": "vicuna_v1",
                 "twin": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                          "num_attention_heads": 2, "num_key_value_heads": 2, "pretrain": small}}}})
-    vision, llm = build_vision_config(cfg), build_llm_config(cfg, tok)
-    assert vision["twin"]["checkpoint"].startswith(str(tmp_path / "towers"))
-    assert llm["twin"]["checkpoint"].startswith(str(tmp_path / "llms"))
-    cfg.model.twin = False
-    assert "checkpoint" not in build_vision_config(cfg)["twin"] and "checkpoint" not in build_llm_config(cfg, tok)["twin"]
+    paper = cfg.copy()
+    paper.model.twin = False
+    prepare_training(cfg)
+    assert cfg.model.vision.twin.checkpoint.startswith(str(tmp_path / "towers"))
+    assert cfg.model.llm.twin.checkpoint.startswith(str(tmp_path / "llms"))
+    assert cfg.model.llm.tokenizer.startswith(str(tmp_path / "tokenizers"))
+    assert len(build_tokenizer(cfg)) == len(train_tiny_tokenizer(tokenizer_corpus(), 1000, tmp_path)[0])
+    prepare_training(paper)
+    assert "checkpoint" not in paper.model.vision.twin and "checkpoint" not in paper.model.llm.twin
+    assert "tokenizer" not in paper.model.llm

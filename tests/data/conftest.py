@@ -5,7 +5,7 @@ import pytest
 from lmm.data.images import ImageTransform
 from lmm.data.processor import SampleProcessor
 from lmm.data.shards import convert
-from lmm.data.synthetic import write_synthetic
+from lmm.synth.basic import write_synthetic
 from lmm.text.templates import get_template
 
 N_FINETUNE = 240

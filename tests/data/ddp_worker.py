@@ -9,7 +9,7 @@ import lightning as L
 from lmm.data.datamodule import build_datamodule
 from lmm.data.images import ImageTransform
 from lmm.data.processor import SampleProcessor
-from lmm.data.synthetic import tokenizer_corpus
+from lmm.synth import tokenizer_corpus
 from lmm.text.templates import get_template
 from lmm.text.tokenizer import train_tiny_tokenizer
 

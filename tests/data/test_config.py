@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 
 from lmm.data.datamodule import build_datamodule
 from lmm.data.mixture import FORMAT_SUFFIXES, mixture_from_cfg
+from lmm.synth import write_twin
+from lmm.synth.world import twin_spec
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -40,8 +42,9 @@ def test_data_configs_compose_and_parse(name, stages, tmp_path, processor):
 
 
 def test_synthetic_shards_end_to_end(tmp_path, processor, tiny_tokenizer):
-    cfg = data_cfg("synthetic_shards", tmp_path, "data.n_pretrain=16", "data.n_finetune=40", "data.num_workers=0")
+    cfg = data_cfg("synthetic_shards", tmp_path, "data.twin.n_pretrain=16", "data.twin.n_finetune=40", "data.num_workers=0")
     plain = OmegaConf.to_container(cfg, resolve=True)
+    write_twin(twin_spec(plain))
     dm = build_datamodule(cfg, "finetune", processor, 4, 1, tiny_tokenizer.pad_token_id, 0)
     dm.prepare_data()
     dm.setup("fit")

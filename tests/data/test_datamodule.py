@@ -7,7 +7,7 @@ import pytest
 
 from lmm.data.manifest import Manifest
 from lmm.data.shards import convert
-from lmm.data.sources import SHORT_ANSWER
+from lmm.text.prompts import SHORT_ANSWER
 from lmm.text.tokenize import IMAGE_TOKEN_INDEX
 
 from .conftest import N_FINETUNE

@@ -4,7 +4,7 @@ import pytest
 
 from lmm.data.mixture import FormatPromptPolicy, SourcedRecord, SourceSpec, mixture_from_cfg
 from lmm.data.records import parse_record
-from lmm.data.sources import OPTION_LETTER, SHORT_ANSWER
+from lmm.text.prompts import OPTION_LETTER, SHORT_ANSWER
 
 
 def vqa_record(source="vqav2"):

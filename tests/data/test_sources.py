@@ -5,15 +5,8 @@ import json
 import pytest
 
 from lmm.data.records import RecordError, parse_record
-from lmm.data.sources import (
-    ONE_SENTENCE_CAPTION,
-    OPTION_LETTER,
-    REGION_BBOX,
-    REGION_DESCRIPTION,
-    SHORT_ANSWER,
-    SourceTagger,
-    parse_rules,
-)
+from lmm.data.sources import REGION_BBOX, REGION_DESCRIPTION, SourceTagger, parse_rules
+from lmm.text.prompts import ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER
 
 
 def rec(q, image=None, a="x", sid="000000033471"):

@@ -147,12 +147,12 @@ class ShardDataModule(L.LightningDataModule):
     def __init__(self, mixture: StageMixture, processor: SampleProcessor, micro_batch_size: int, grad_accum: int,
                  pad_id: int, seed: int, *, stage_name: str = "train", num_workers: int = 0, on_error: str = "skip",
                  padding_side: str = "right", num_image_tokens: int | None = None, max_length: int | None = None,
-                 cache_dir: str | Path | None = None, synthetic: dict | None = None, rank: int | None = None,
+                 cache_dir: str | Path | None = None, check_counts: bool = True, rank: int | None = None,
                  world_size: int | None = None):
         super().__init__()
         self.mixture, self.stage_name, self.seed = mixture, stage_name, seed
         self.micro_batch_size, self.grad_accum, self.num_workers = micro_batch_size, grad_accum, num_workers
-        self.num_image_tokens, self.max_length, self.synthetic = num_image_tokens, max_length, synthetic
+        self.num_image_tokens, self.max_length, self.check_counts = num_image_tokens, max_length, check_counts
         policy = mixture.policy()
         if policy is not None and processor.prompt_policy is not None:
             inner, outer = policy, processor.prompt_policy
@@ -192,11 +192,7 @@ class ShardDataModule(L.LightningDataModule):
                 "template": self.processor.template.name, "image_tokens": self.num_image_tokens}
 
     def prepare_data(self) -> None:
-        """Write the synthetic twin if configured, and convert the stage's JSON into shards (idempotent)."""
-        if self.synthetic:
-            from lmm.data.synth import write_twin
-
-            write_twin(self.synthetic)
+        """Convert the stage's JSON into shards (idempotent)."""
         if self.mixture.shards:
             return
         m = self.mixture
@@ -220,7 +216,7 @@ class ShardDataModule(L.LightningDataModule):
                                     m.default_include)
         sizes = man.source_counts()
         for s, spec in m.sources.items():
-            if not self.synthetic and spec.include and spec.count is not None and sizes.get(s, 0) != spec.count:
+            if self.check_counts and spec.include and spec.count is not None and sizes.get(s, 0) != spec.count:
                 log.warning("source %s: %d samples in %s, the mixture table says %d", s, sizes.get(s, 0),
                             self.shard_dir, spec.count)
         plan = self.plan(0)
@@ -388,17 +384,15 @@ def build_datamodule(data_cfg: Any, stage_name: str, processor: SampleProcessor,
 
     ``data_cfg[stage_name]`` is the stage's mixture (:func:`lmm.data.mixture.mixture_from_cfg`); top-level keys:
     ``num_workers``, ``on_error`` (skip | raise), ``shard_cache`` (where on-demand conversions go) and, with
-    the synthetic twin's settings (:func:`lmm.data.synth.twin_spec`).
+    ``twin.enabled`` (the data are a synthetic twin: the mixture table's counts are not checked).
     ``num_image_tokens`` + ``max_length`` enable the over-length count (text tokens + image tokens after the splice).
     Rank and world size come from the trainer unless given."""
     cfg = plain_config(data_cfg)
     if stage_name not in cfg:
         raise ValueError(f"the data config has no stage {stage_name!r}; it has {sorted(k for k in cfg)}")
-    from lmm.data.synth import twin_spec
-
     return ShardDataModule(
         mixture_from_cfg(cfg[stage_name]), processor, micro_batch_size, grad_accum, pad_id, seed,
         stage_name=stage_name, num_workers=cfg.get("num_workers", 0) if num_workers is None else num_workers,
         on_error=cfg.get("on_error", "skip"), padding_side=padding_side, num_image_tokens=num_image_tokens,
-        max_length=max_length, cache_dir=cfg.get("shard_cache"), synthetic=twin_spec(cfg), rank=rank,
+        max_length=max_length, cache_dir=cfg.get("shard_cache"), check_counts=not (cfg.get("twin") or {}).get("enabled"), rank=rank,
         world_size=world_size)

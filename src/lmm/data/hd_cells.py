@@ -26,17 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lmm.data.images import CLIP_MEAN, CLIP_STD, ImageTransform, to_rgb
-
-LAYOUT_FIELDS = ("rows", "cols", "top", "left", "height", "width", "n_global")
-
-
-def candidate_grids(max_cells: int = 6) -> list[tuple[int, int]]:
-    """Every ``(rows, cols)`` with ``rows·cols ≤ max_cells``, fewest cells first (then fewer rows)."""
-    if max_cells < 1:
-        raise ValueError(f"max_cells must be ≥ 1, got {max_cells}")
-    grids = [(r, c) for r in range(1, max_cells + 1) for c in range(1, max_cells + 1) if r * c <= max_cells]
-    return sorted(grids, key=lambda g: (g[0] * g[1], g[0]))
+from lmm.data.images import ImageTransform, to_rgb
+from lmm.imaging import CLIP_MEAN, CLIP_STD, candidate_grids
 
 
 def select_grid(width: int, height: int, cell: int, max_cells: int = 6) -> tuple[int, int]:
@@ -125,3 +116,13 @@ def transform_images(transform, images: list[Image.Image]) -> tuple[torch.Tensor
         return (torch.cat([o.pixel_values for o in out]),
                 torch.tensor([o.layout for o in out], dtype=torch.long))
     return torch.stack(out), None
+
+
+def image_transform_for(model, aspect: str = "pad") -> ImageTransform | HDImageTransform:
+    """The image transform a model needs (read from its ``vision`` tower and ``hd`` merger, duck-typed):
+    :class:`HDImageTransform` for an HD model with HD active, else :class:`ImageTransform`."""
+    v = model.vision
+    hd = getattr(model, "hd", None)
+    if hd is None or not getattr(model, "hd_active", True):
+        return ImageTransform(v.image_size, aspect, v.image_mean, v.image_std)
+    return HDImageTransform(v.image_size, hd.max_cells, hd.global_context, aspect, v.image_mean, v.image_std)

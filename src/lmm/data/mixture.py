@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmm.data.records import Record
-from lmm.data.sources import ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER
+from lmm.text.prompts import ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER
 
 FORMAT_SUFFIXES = {
     "vqav2": SHORT_ANSWER, "gqa": SHORT_ANSWER, "okvqa": SHORT_ANSWER, "ocrvqa": SHORT_ANSWER,

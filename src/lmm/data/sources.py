@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lmm.data.records import Record, RecordError
+from lmm.text.prompts import OPTION_LETTER, SHORT_ANSWER
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-OPTION_LETTER = "Answer with the option's letter from the given choices directly."
-ONE_SENTENCE_CAPTION = "Provide a one-sentence caption for the provided image."
 REGION_DESCRIPTION = "Please provide a short description for this region:"
 REGION_BBOX = "Please provide the bounding box coordinate of the region this sentence describes:"
 
@@ -54,6 +52,17 @@ class SourceRule:
         if self.prompt_contains and not any(p in h for h, _ in record.turns for p in self.prompt_contains):
             return False
         return True
+
+
+# Records per source of llava_v1_5_mix665k.json (665,298 in all; spec §2.2, issues #702/#657).
+MIX665K_COUNTS = {"llava_instruct": 157712, "sharegpt": 40688, "vqav2": 82783, "gqa": 72140, "okvqa": 8998,
+                  "ocrvqa": 80000, "aokvqa": 66160, "textcaps": 21953, "refcoco": 48447, "vg": 86417}
+
+
+def source_counts(total: int) -> dict[str, int]:
+    """Per-source sample counts for a ``total``-sample mixture in the 665K shares (every source ≥ 1)."""
+    full = sum(MIX665K_COUNTS.values())
+    return {s: max(1, round(total * c / full)) for s, c in MIX665K_COUNTS.items()}
 
 
 def _tuple(value: Any) -> tuple[str, ...]:

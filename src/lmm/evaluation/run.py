@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lmm.data.hd_cells import image_transform_for
 from lmm.evaluation.answers import write_answers
 from lmm.evaluation.benchmarks import get_benchmark
 from lmm.evaluation.generate import answer_questions
 from lmm.models.checkpoint import load_model_dir
-from lmm.models.hd import image_transform_for
 from lmm.text.templates import get_template
 from lmm.tracking.mlflow import flatten, git_sha
 
@@ -45,14 +45,10 @@ def _numeric(d: dict[str, Any]) -> dict[str, float]:
 
 
 def run_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` with the settings of an ``evaluation`` config node (conf/evaluation/default.yaml)."""
+    """Evaluate ``checkpoint`` with the settings of an ``evaluation`` config node (conf/evaluation/default.yaml);
+    its benchmark files must exist (synthetic ones are written by :func:`lmm.synth.world.prepare_eval`)."""
     import mlflow
 
-    if cfg.get("synthetic_benchmarks"):
-        from lmm.data.synth.benchmarks import write_synthetic_benchmarks
-
-        write_synthetic_benchmarks(cfg.data_root, cfg.synthetic_benchmarks.n_images,
-                                   cfg.synthetic_benchmarks.image_size, names=list(cfg.benchmarks))
     model_dir = resolve_model_dir(checkpoint)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, spec = load_model_dir(model_dir, device)

@@ -40,11 +40,12 @@ from lmm.interop.llava_hf import (
     llava_hf_config,
     to_llava_hf_state_dict,
 )
+from lmm.models.vision import HF_VISION_TYPES
 from lmm.text.templates import IMAGE_TOKEN, Template, get_template
+from lmm.text.tokenizer import keep_legacy_flag, save_tokenizer
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DROP_CONFIG_KEYS = {"transformers_version", "model_type", "architectures", "_name_or_path", "dtype", "torch_dtype"}
-_VISION_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 
 
 def chat_template(template: Template) -> str:
@@ -69,15 +70,6 @@ def chat_template(template: Template) -> str:
         + " -}}{%- endif -%}{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- " + q(assistant + ":") + " -}}{%- endif -%}"
     )
-
-
-def keep_legacy_flag(tokenizer, folder: Path) -> None:
-    """transformers 5 does not save ``legacy=True``, which decides how text after a special token is split."""
-    path = folder / "tokenizer_config.json"
-    if getattr(tokenizer, "legacy", None) is True and path.exists():
-        cfg = json.loads(path.read_text())
-        cfg["legacy"] = True
-        path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 
 def stored_dtype(model_dir: Path) -> torch.dtype:
@@ -206,10 +198,10 @@ def _config_dict(cfg) -> dict[str, Any]:
 
 def llava_hf_spec(cfg, image_mean, image_std, max_length: int) -> dict[str, Any]:
     """The ``model`` block of ``lmm_model.yaml`` for a ``LlavaConfig``."""
-    vtype = _VISION_TYPES.get(cfg.vision_config.model_type)
+    vtype = HF_VISION_TYPES.get(cfg.vision_config.model_type)
     if vtype is None:
         raise ValueError(f"unsupported llava-hf vision tower {cfg.vision_config.model_type!r}; "
-                         f"supported: {sorted(_VISION_TYPES)}")
+                         f"supported: {sorted(HF_VISION_TYPES)}")
     if cfg.projector_hidden_act != "gelu" or not cfg.multimodal_projector_bias:
         raise ValueError("only the mlp2x_gelu projector (gelu, with biases) is supported")
     if not isinstance(cfg.vision_feature_layer, int):
@@ -240,7 +232,6 @@ def import_llava_hf(hf_dir: str | Path, out_dir: str | Path, max_length: int = 2
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaConfig
 
     from lmm.models.build import build_llava
-    from lmm.models.checkpoint import save_tokenizer
 
     hf_dir, out = Path(hf_dir), Path(out_dir)
     get_template(template)  # validates the name

@@ -24,12 +24,12 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
-TWIN_KEYS = ("pretrain", "checkpoint")  # a twin block's keys that are not model config (lmm.training.twin_tower)
+TWIN_KEYS = ("pretrain", "checkpoint")  # a twin block's keys that are not model config (lmm.synth.twin_tower)
 
 
 def as_twin(part: dict, what: str) -> dict:
     """The tiny twin of a real backbone config: its ``twin`` block replaces the checkpoint. A twin block with a
-    ``checkpoint`` (a pretrained twin's folder, see :mod:`lmm.training.twin_tower`) is loaded from there."""
+    ``checkpoint`` (a pretrained twin's folder, see :mod:`lmm.synth.twin_tower`) is loaded from there."""
     twin = part.get("twin")
     if twin is None:
         if part.get("name_or_path") or part.get("checkpoint_path"):

@@ -1,6 +1,6 @@
 """LLaVA-1.5-HD (paper §3.4, App. A.1) — the model side: merge the encoded cells into one image sequence.
 
-The cells of an image (prepared by :class:`lmm.data.hd_cells.HDImageTransform`) are encoded independently by the
+The cells of an image (prepared by the data side, ``lmm.data.hd_cells``) are encoded independently by the
 frozen tower and the connector, in one batch with every other view of the batch. Per image, :class:`HDMerger` then
 
 1. puts the cells' ``g × g`` feature maps back together into one ``rows·g × cols·g`` map (row-major cells),
@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmm.data.hd_cells import LAYOUT_FIELDS, HDImageTransform, candidate_grids
-from lmm.data.images import ImageTransform
+from lmm.imaging import LAYOUT_FIELDS, candidate_grids
 
 
 class HDMerger(nn.Module):
@@ -115,13 +114,3 @@ def build_hd(tower, connector, llm_hidden: int, hd: Any) -> HDMerger | None:
         raise ValueError("HD needs a token-wise connector (linear / mlp*x_gelu): it merges spatial feature maps")
     return HDMerger(llm_hidden, g, tower.image_size // g, int(hd.get("max_cells", 6)),
                     bool(hd.get("global_context", True)))
-
-
-def image_transform_for(model, aspect: str = "pad") -> ImageTransform | HDImageTransform:
-    """The image transform a model needs: :class:`HDImageTransform` for an HD model (with HD active), else
-    :class:`ImageTransform`."""
-    v = model.vision
-    hd = getattr(model, "hd", None)
-    if hd is None or not getattr(model, "hd_active", True):
-        return ImageTransform(v.image_size, aspect, v.image_mean, v.image_std)
-    return HDImageTransform(v.image_size, hd.max_cells, hd.global_context, aspect, v.image_mean, v.image_std)

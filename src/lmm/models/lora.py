@@ -4,12 +4,12 @@
   for Llama q/k/v/o/gate/up/down; the tower and the connector get none. Only the adapters train in the LLM; the
   connector (and an HD model's row-end token) stay fully trainable (``training/stages.py``: connector at
   ``connector_lr``, the rest at ``lr``).
-* A LoRA model folder holds the adapter and the other trainable weights explicitly, chosen by module, not by
+* A LoRA model folder (written and read by :mod:`lmm.models.checkpoint`) holds the adapter and the other trainable weights explicitly, chosen by module, not by
   parameter names: ``adapter/`` (peft ``save_pretrained``), ``non_lora_trainables.safetensors`` (the connector and
   ``hd`` modules' state), and ``base.safetensors`` (the frozen tower and base LLM) when the base cannot be rebuilt
   from checkpoints (tiny twins, imported models), besides ``lmm_model.yaml`` and ``tokenizer/``.
-* :func:`merge_lora` / ``python -m lmm.models.lora merge SRC DST`` fold the adapters into full weights
-  (peft ``merge_and_unload``) and write an ordinary model folder.
+* :func:`merge_lora` folds the adapters into full weights (peft ``merge_and_unload``);
+  ``python -m lmm.models.checkpoint merge SRC DST`` writes a LoRA folder as an ordinary model folder.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from __future__ import annotations
 import sys
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from lmm.models.llava import LlavaModel
@@ -139,102 +137,3 @@ def base_is_rebuildable(spec: dict[str, Any]) -> bool:
     vision, llm = m.get("vision", {}), m.get("llm", {})
     return (not m.get("twin") and bool(vision.get("name_or_path") or vision.get("checkpoint_path"))
             and bool(llm.get("name_or_path")))
-
-
-def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    out, seen = {}, set()
-    for k, v in state.items():
-        v = v.detach().contiguous().cpu()
-        out[k] = v.clone() if v.data_ptr() in seen else v  # tied weights share storage; safetensors refuses that
-        seen.add(v.data_ptr())
-    save_file(out, str(path))
-
-
-def save_lora_dir(model: LlavaModel, tokenizer, spec: dict[str, Any], folder: str | Path,
-                  include_base: bool | None = None) -> Path:
-    """Write a LoRA model folder (see the module docstring); ``include_base`` None = when not rebuildable."""
-    if not is_lora(model):
-        raise ValueError("save_lora_dir needs a model with LoRA adapters (use save_model_dir otherwise)")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from lmm.models.checkpoint import save_tokenizer
-
-    save_tokenizer(tokenizer, folder / "tokenizer")
-    model.llm.save_pretrained(str(folder / ADAPTER_DIR))
-    _save_tensors(non_lora_trainables(model), folder / NON_LORA_FILE)
-    if include_base is None:
-        include_base = not base_is_rebuildable(spec)
-    if include_base:
-        _save_tensors(base_state_dict(model), folder / BASE_FILE)
-    cfg = model.llm.peft_config["default"]
-    spec = {**spec, "lora": {"r": cfg.r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                             "adapter": ADAPTER_DIR, "non_lora_trainables": NON_LORA_FILE,
-                             "base": BASE_FILE if include_base else None}}
-    (folder / "lmm_model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return folder
-
-
-def load_lora_dir(folder: str | Path, device: str = "cpu", merge: bool = True) -> tuple[LlavaModel, Any, dict]:
-    """Rebuild a LoRA model folder: base (checkpoints or ``base.safetensors``) + non-LoRA trainables + adapter;
-    merged into full weights unless ``merge`` is False (then the adapters stay trainable)."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
-    from lmm.models.build import build_llava
-    from lmm.text.tokenizer import load_tokenizer
-
-    folder = Path(folder)
-    spec = yaml.safe_load((folder / "lmm_model.yaml").read_text())
-    info = spec.get("lora") or {}
-    if not (folder / info.get("adapter", ADAPTER_DIR) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{folder} is not a LoRA model folder (no {ADAPTER_DIR}/adapter_config.json)")
-    tok = load_tokenizer(str(folder / "tokenizer"), spec.get("max_length", 2048), padding_side="left")
-    m = spec["model"]
-    model = build_llava(m["vision"], m["connector"], m["llm"], m.get("max_length", 2048), tok,
-                        twin=bool(m.get("twin")), hd=m.get("hd"))
-    state = load_file(str(folder / info.get("non_lora_trainables", NON_LORA_FILE)))
-    expected = set(non_lora_trainables(model))
-    if set(state) != expected:
-        raise ValueError(f"{NON_LORA_FILE} holds {sorted(set(state) ^ expected)[:5]}… that do not match the model")
-    if info.get("base"):
-        state.update(load_file(str(folder / info["base"])))
-        model.load_state_dict(state, strict=True)
-    else:
-        if not base_is_rebuildable(spec):
-            raise ValueError(f"{folder} has no {BASE_FILE} and its config does not name the base checkpoints")
-        model.load_state_dict(state, strict=False)  # exactly the non-LoRA trainables (checked above)
-    with _quiet_peft():
-        model.llm = PeftModel.from_pretrained(model.llm, str(folder / info.get("adapter", ADAPTER_DIR)),
-                                              is_trainable=not merge)
-    if merge:
-        merge_lora(model)
-    model.hd_active = model.hd is not None and bool(spec.get("hd_active", True))
-    return model.to(device).eval(), tok, spec
-
-
-def merge_lora_dir(src: str | Path, dst: str | Path) -> Path:
-    """LoRA model folder → ordinary model folder with the adapters merged into full weights."""
-    from lmm.models.checkpoint import save_model_dir
-
-    model, tok, spec = load_lora_dir(src, merge=True)
-    spec = {k: v for k, v in spec.items() if k != "lora"}
-    spec["merged_from"] = str(Path(src).resolve())
-    return save_model_dir(model, tok, spec, dst)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m lmm.models.lora", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    merge = sub.add_parser("merge", help="merge a LoRA model folder into full weights")
-    merge.add_argument("src", help="LoRA model folder (adapter/ + non_lora_trainables.safetensors)")
-    merge.add_argument("dst", help="output model folder")
-    args = parser.parse_args(argv)
-    print(merge_lora_dir(args.src, args.dst))
-
-
-if __name__ == "__main__":
-    main()

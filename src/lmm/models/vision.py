@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmm.data.images import CLIP_MEAN, CLIP_STD
+from lmm.imaging import CLIP_MEAN, CLIP_STD
 
 
 class VisionTower(nn.Module):
@@ -100,12 +100,18 @@ class TimmVisionTower(VisionTower):
         return patches
 
 
+# The transformers vision families a tower may be: a config's ``model_type`` (the tower's own or its parent
+# model's) → our family name → its transformers model and config classes.
+HF_VISION_TYPES = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+_HF_VISION_CLASSES = {"clip": ("CLIPVisionModel", "CLIPVisionConfig"),
+                      "siglip": ("SiglipVisionModel", "SiglipVisionConfig")}
+
+
 def _hf_vision_class(model_type: str):
     import transformers
 
-    known = {"clip_vision_model": "CLIPVisionModel", "clip": "CLIPVisionModel",
-             "siglip_vision_model": "SiglipVisionModel", "siglip": "SiglipVisionModel"}
-    return getattr(transformers, known[model_type]) if model_type in known else transformers.AutoModel
+    family = HF_VISION_TYPES.get(model_type)
+    return getattr(transformers, _HF_VISION_CLASSES[family][0]) if family else transformers.AutoModel
 
 
 def build_vision_tower(kind: str = "hf", name_or_path: str | None = None, config: dict[str, Any] | None = None,
@@ -121,18 +127,16 @@ def build_vision_tower(kind: str = "hf", name_or_path: str | None = None, config
             cfg = transformers.AutoConfig.from_pretrained(name_or_path)
             cls = _hf_vision_class(cfg.model_type)
             model = cls.from_pretrained(name_or_path)
-            model_type = {"clip_vision_model": "clip", "siglip": "siglip",
-                          "siglip_vision_model": "siglip"}.get(cfg.model_type, cfg.model_type)
+            model_type = HF_VISION_TYPES.get(cfg.model_type, cfg.model_type)
             try:
                 proc = transformers.AutoImageProcessor.from_pretrained(name_or_path)
                 image_mean, image_std = image_mean or proc.image_mean, image_std or proc.image_std
             except (OSError, ValueError):
                 pass
         else:
-            cfg_cls = {"clip": transformers.CLIPVisionConfig, "siglip": transformers.SiglipVisionConfig}
-            if model_type not in cfg_cls:
-                raise ValueError(f"unknown tiny vision model_type {model_type!r}; known: {sorted(cfg_cls)}")
-            vcfg = cfg_cls[model_type](**(config or {}))
+            if model_type not in _HF_VISION_CLASSES:
+                raise ValueError(f"unknown tiny vision model_type {model_type!r}; known: {sorted(_HF_VISION_CLASSES)}")
+            vcfg = getattr(transformers, _HF_VISION_CLASSES[model_type][1])(**(config or {}))
             model = _hf_vision_class(model_type)(vcfg)
         mean = image_mean or (CLIP_MEAN if model_type == "clip" else (0.5, 0.5, 0.5))
         std = image_std or (CLIP_STD if model_type == "clip" else (0.5, 0.5, 0.5))

@@ -28,6 +28,25 @@ def finalize_tokenizer(tok, model_max_length: int, padding_side: str = "right"):
     return tok
 
 
+def keep_legacy_flag(tokenizer, folder: str | Path) -> None:
+    """Write ``legacy=True`` into ``folder/tokenizer_config.json`` for a tokenizer that has it: transformers 5 does
+    not save it, yet it decides how text after a special token (``</s>`` in multi-turn prompts) is split — a reload
+    would tokenize differently."""
+    path = Path(folder) / "tokenizer_config.json"
+    if getattr(tokenizer, "legacy", None) is True and path.exists():
+        cfg = json.loads(path.read_text())
+        cfg["legacy"] = True
+        path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """``save_pretrained`` that keeps ``legacy=True`` (:func:`keep_legacy_flag`)."""
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    keep_legacy_flag(tokenizer, folder)
+    return folder
+
+
 def load_tokenizer(name_or_path: str, model_max_length: int = 2048, padding_side: str = "right",
                    trust_remote_code: bool = False):
     from transformers import AutoTokenizer
@@ -59,11 +78,7 @@ def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 1000, cache_di
         (tmp / "tokenizer.model").write_bytes(buf.getvalue())
         tok = LlamaTokenizer.from_pretrained(str(tmp), legacy=True, add_bos_token=True, add_eos_token=False)
         tok.pad_token = tok.unk_token
-        tok.save_pretrained(str(tmp))
-        cfg_path = tmp / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["legacy"] = True  # not saved by transformers 5, yet it decides how text after "</s>" is split
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        save_tokenizer(tok, tmp)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first

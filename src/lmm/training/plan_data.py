@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lmm.data.manifest import MANIFEST_NAME
-from lmm.data.synth.sources import MIX665K_COUNTS, source_counts
+from lmm.data.sources import MIX665K_COUNTS, source_counts
 
 SPEC_COUNTS = {"lcs558k": 558128, **MIX665K_COUNTS}  # spec §2.2 (the maintainer's exact counts, issues #702 / #657)
 CONVERT_NAME = "convert.json"  # lmm.data.shards' fingerprint of a conversion
@@ -122,15 +122,13 @@ def _text_estimate(pre: dict, stage: str, source: str) -> tuple[float, int]:
 
 def _twin_counts(data_cfg: dict, stage: str, sources: list[str]) -> dict[str, int] | None:
     """A synthetic twin's sample counts per source (``scale=tiny`` before its conversion), or None for real data."""
-    if data_cfg.get("twin_enabled"):
-        twin = data_cfg.get("twin") or {}
-        if stage == "pretrain":
-            return {s: int(twin.get("n_pretrain", 0)) for s in sources[:1]}
-        return source_counts(int(twin.get("n_finetune", 0)))
-    if data_cfg.get("kind") == "synthetic":
-        total = int(data_cfg.get(f"n_{stage}", 0))
-        return {s: total // len(sources) + (k < total % len(sources)) for k, s in enumerate(sources)}
-    return None
+    twin = data_cfg.get("twin") or {}
+    if not twin.get("enabled"):
+        return None
+    total = int(twin.get(f"n_{stage}", 0))
+    if twin.get("writer", "llava") == "llava":
+        return {s: total for s in sources[:1]} if stage == "pretrain" else source_counts(total)
+    return {s: total // len(sources) + (k < total % len(sources)) for k, s in enumerate(sources)}
 
 
 def config_stats(data_cfg: dict, pre: dict, stage: str, image_tokens: int, max_length: int) -> tuple[

@@ -16,11 +16,10 @@ import lightning as L
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
+from lmm.data.hd_cells import image_transform_for
 from lmm.data.processor import SampleProcessor
 from lmm.models.checkpoint import save_model_dir
-from lmm.models.hd import image_transform_for
 from lmm.text.templates import get_template
 from lmm.tracking import mlflow as track
 from lmm.training.checkpointing import (
@@ -36,12 +35,11 @@ from lmm.training.checkpointing import (
     write_json_atomic,
     write_text_atomic,
 )
-from lmm.training.components import (  # noqa: F401  (build_*_config: re-exported for callers of this module)
+from lmm.training.components import (
+    StageCallbacks,
     build_data,
-    build_llm_config,
     build_model,
     build_tokenizer,
-    build_vision_config,
     data_counts,
     run_tags,
     stage_callbacks,
@@ -112,7 +110,10 @@ def is_gpu(cfg: DictConfig) -> bool:
     return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
+def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None) -> dict[str, Any]:
+    """Train ``cfg.run_stages`` in order (or print the pre-flight plan with ``plan=true``). Every file the run reads
+    must exist (a twin run's are written by :func:`lmm.synth.world.prepare_training` first);
+    ``extra_callbacks(stage, tokenizer, processor)`` adds callbacks to a stage."""
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("plan"):
         from lmm.training.plan import run_plan
@@ -128,12 +129,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     cfg_yaml = out_dir / ("config_resume.yaml" if cfg.get("resume") else "config.yaml")
     cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
     tokenizer = build_tokenizer(cfg)
-    vision_cfg, llm_cfg = build_vision_config(cfg), build_llm_config(cfg, tokenizer)
-
-    def rebuild():
-        return build_model(cfg, tokenizer, vision_cfg, llm_cfg)
-
-    model = rebuild()
+    model = build_model(cfg, tokenizer)
     sha = track.git_sha()
     results: dict[str, Any] = {"output_dir": str(out_dir), "stages": {}}
     history: list[tuple[DictConfig, Path]] = []  # finished stages and their weights, in order
@@ -151,10 +147,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if stage.get("init_connector"):
             load_connector(model, stage.init_connector)
         result, trainer, sharded, logger = train_stage(cfg, name, stage, model, tokenizer, precision, sha, resolved,
-                                               cfg_yaml, ckpt, ckpt_info)
+                                                       cfg_yaml, ckpt, ckpt_info, extra_callbacks)
         history.append((stage, stage_dir / "last.ckpt"))
         if sharded:  # the trained model is sharded across ranks: rebuild it whole from the stages' weights
-            model = rebuild()
+            model = build_model(cfg, tokenizer)
             for st, path in history:
                 adopt_stage(cfg, st, model, path)
         is_zero = trainer.is_global_zero
@@ -164,12 +160,6 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         results["stages"][name] = result
     results["tracking_uri"] = cfg.logger.tracking_uri
     results["is_global_zero"] = is_zero
-    if cfg.get("eval") and cfg.eval.after_training and results["stages"] and is_zero:
-        from lmm.evaluation.run import run_eval
-
-        eval_cfg = OmegaConf.merge(cfg.eval, {"tracking_uri": cfg.logger.tracking_uri,
-                                              "experiment_name": cfg.logger.experiment_name})
-        results["eval"] = run_eval(eval_cfg, out_dir, out_dir / "eval")
     return results
 
 
@@ -190,7 +180,8 @@ def resume_point(cfg: DictConfig, stage_dir: Path, first: bool) -> tuple[Path | 
 
 
 def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer, precision: str, sha: str,
-                resolved: dict, cfg_yaml: Path, ckpt: Path | None, ckpt_info: dict):
+                resolved: dict, cfg_yaml: Path, ckpt: Path | None, ckpt_info: dict,
+                extra_callbacks: StageCallbacks | None = None):
     stage_dir = Path(cfg.paths.output_dir) / name
     model.hd_active = model.hd is not None and bool(stage.get("hd", True))
     transform = image_transform_for(model, stage.image_aspect_ratio)
@@ -209,7 +200,7 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
                                 **run_tags(cfg)}, run_id=run_id)
     ck = cfg.get("checkpoint") or {}
     preempt = StepCheckpoints(stage_dir / "checkpoints", ck.get("every_n_steps"), ck.get("keep_last", 2))
-    callbacks = stage_callbacks(cfg, name, tokenizer, processor) + [preempt]
+    callbacks = stage_callbacks(cfg, name, tokenizer, processor, extra_callbacks) + [preempt]
     strategy = build_strategy(stage.get("strategy"), model, stage.micro_batch_size)
     trainer = L.Trainer(
         max_epochs=stage.epochs, max_steps=stage.max_steps, gradient_clip_val=stage.gradient_clip_val,
@@ -242,10 +233,7 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
         track.log_text(logger, table, f"{name}_trainable_parameters.txt")
     track.log_metrics(logger, batch_info, step=0)
     fit_kwargs = {"ckpt_path": str(ckpt), "weights_only": True} if ckpt else {}
-    if isinstance(data, DataLoader):
-        trainer.fit(module, train_dataloaders=data, **fit_kwargs)
-    else:
-        trainer.fit(module, datamodule=data, **fit_kwargs)
+    trainer.fit(module, datamodule=data, **fit_kwargs)
     if preempt.preempted is not None:
         logger.finalize("KILLED")
         log.warning("stage %s pre-empted; checkpoint %s. Continue with: python train.py ... "
@@ -269,7 +257,7 @@ def finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer
                  stage_dir: Path, logger) -> None:
     """Rank 0, after a stage: the connector file, the model folder (last stage only), then the done marker."""
     connector_file = save_connector(model, stage_dir / "connector.safetensors")
-    spec = {"model": OmegaConf.to_container(cfg.model, resolve=True), "template": stage.template,
+    spec = {"model": portable_model_spec(cfg), "template": stage.template,
             "image_aspect_ratio": stage.image_aspect_ratio, "max_length": cfg.model.max_length,
             "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id,
             "mlflow_tracking_uri": cfg.logger.tracking_uri, "hd_active": model.hd_active,
@@ -283,3 +271,15 @@ def finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer
     write_json_atomic(result, stage_dir / DONE_FILE)
     log.info("stage %s done: loss %.4f → %.4f over %d steps; checkpoint %s", name, result["first_loss"] or 0,
              result["last_loss"] or 0, result["steps"], result["checkpoint"])
+
+
+def portable_model_spec(cfg: DictConfig) -> dict:
+    """``cfg.model`` for a model folder's ``lmm_model.yaml``: without the cache paths of a twin run (its tokenizer
+    and pretrained-twin folders) — the folder holds the tokenizer and every weight itself."""
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    if spec.get("twin"):
+        for part in ("vision", "llm"):
+            twin = spec[part].get("twin") or {}
+            twin.pop("checkpoint", None)
+        spec["llm"].pop("tokenizer", None)
+    return spec

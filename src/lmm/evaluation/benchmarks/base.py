@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torchmetrics
 
 from lmm.evaluation.answers import PredictionFile, PredictionsError, as_prediction_file
+from lmm.text.prompts import OPTION_LETTER, SHORT_ANSWER
 
 __all__ = [
     "Benchmark",
@@ -35,8 +36,8 @@ __all__ = [
     "stable_id",
 ]
 
-SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
-MULTIPLE_CHOICE_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+SHORT_ANSWER_SUFFIX = "\n" + SHORT_ANSWER
+MULTIPLE_CHOICE_SUFFIX = "\n" + OPTION_LETTER
 
 
 class BenchmarkDataError(FileNotFoundError):

@@ -31,6 +31,7 @@ from lmm.evaluation.benchmarks.base import (
     read_jsonl,
     stable_id,
 )
+from lmm.text.prompts import SHORT_ANSWER
 
 __all__ = ["MME", "MMEMetric", "parse_mme_answer"]
 
@@ -48,7 +49,7 @@ PERCEPTION = (
 )
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 TASKS = PERCEPTION + COGNITION
-_SUFFIX = "Answer the question using a single word or phrase."
+_SUFFIX = SHORT_ANSWER
 _ORIGINAL = " Please answer yes or no."
 
 

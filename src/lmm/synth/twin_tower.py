@@ -6,7 +6,7 @@ mix a shape with its colour (a linear probe, max-pooled over patches, finds a sh
 chance is 53 %), and a tiny LLM trained on them learns colours and counts but never which shapes are present. So a
 twin block may carry ``pretrain:``: the random twin is first trained once on rendered synthetic scenes — a linear
 head on the features of the layer LLaVA reads (``select_layer``), max-pooled over patches, predicts the scene's
-attributes (:func:`lmm.data.synth.scenes.attribute_targets`) — and saved as a transformers checkpoint under the cache,
+attributes (:func:`lmm.synth.scenes.attribute_targets`) — and saved as a transformers checkpoint under the cache,
 which ``from_pretrained`` then loads like the real tower. The same probe then finds a shape in 95–99 % of scenes.
 Deterministic under ``seed`` (on one machine); cached by a hash of the twin config and the synthetic
 data version, like the tiny tokenizer.
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lmm.data.images import ImageTransform
-from lmm.data.synth.scenes import attribute_targets, make_scene, render
 from lmm.models.build import random_twin_config
 from lmm.models.vision import build_vision_tower
-from lmm.training.twin_cache import cached_twin, fit, save_twin
+from lmm.synth.scenes import attribute_targets, make_scene, render
+from lmm.synth.twin_cache import cached_twin, fit, save_twin
 
 TOWER_VERSION = 1
 DEFAULTS = {"steps": 800, "batch_size": 128, "lr": 2.0e-3, "weight_decay": 0.05, "render_size": 64,

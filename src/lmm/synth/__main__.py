@@ -1,4 +1,4 @@
-"""`python -m lmm.data.synth [--root DIR]`: write every synthetic twin once — LCS-558K and the 665K mixture in
+"""`python -m lmm.synth [--root DIR]`: write every synthetic twin once — LCS-558K and the 665K mixture in
 LLaVA's `playground/data` layout, and the 12 benchmarks in `playground/data/eval` layout. Idempotent."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import argparse
 import os
 from pathlib import Path
 
-from lmm.data.synth import write_llava_data, write_synthetic_benchmarks
+from lmm.synth import write_llava_data, write_synthetic_benchmarks
 
 
 def main(argv: list[str] | None = None) -> int:
     default = Path(os.environ.get("LMM_CACHE", Path.cwd() / ".cache" / "lmm")) / "synthetic"
-    ap = argparse.ArgumentParser(prog="python -m lmm.data.synth", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m lmm.synth", description=__doc__)
     ap.add_argument("--root", type=Path, default=default, help=f"output folder (default {default})")
     ap.add_argument("--n-pretrain", type=int, default=512)
     ap.add_argument("--n-finetune", type=int, default=1500)

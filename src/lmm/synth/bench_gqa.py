@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from lmm.data.synth.bench_common import (
+from lmm.synth.bench_common import (
     SHORT_ANSWER,
     Build,
     absent_shapes,
@@ -16,7 +16,7 @@ from lmm.data.synth.bench_common import (
     unique,
     where,
 )
-from lmm.data.synth.scenes import Scene
+from lmm.synth.scenes import Scene
 
 GQA_OPEN = ("color", "side", "shape")
 GQA_BINARY = ("verify", "logical", "compare", "choose")

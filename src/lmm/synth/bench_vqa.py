@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from lmm.data.synth.bench_common import (
+from lmm.synth.bench_common import (
     NUMBER_NAMES,
     SHORT_ANSWER,
     VIZWIZ_HINT,
@@ -17,7 +17,7 @@ from lmm.data.synth.bench_common import (
     scene_where,
     ten_answers,
 )
-from lmm.data.synth.scenes import COLORS, WORDS, Scene
+from lmm.synth.scenes import COLORS, WORDS, Scene
 
 
 def _vqa_items(scene: Scene, rng: random.Random, kind: str, yes: bool) -> tuple[str, str, str, list[str]]:

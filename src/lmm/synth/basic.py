@@ -14,10 +14,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from lmm.data.synth.scenes import COLORS, NUMBER_WORDS, SHAPES
+from lmm.synth.scenes import COLORS, NUMBER_WORDS, SHAPES
+from lmm.text.prompts import OPTION_LETTER, SHORT_ANSWER
 from lmm.text.templates import TEMPLATES
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."
 SIDES = ("left", "right")
 CAPTION_PROMPTS = ("Describe the image concisely.", "Give a brief description of the picture.",
                    "Summarize the visual content of the image.", "Write a short caption for the photo.")
@@ -154,7 +154,7 @@ def tokenizer_corpus(seed: int = 0, n: int = 2000) -> list[str]:
     """Text the tiny tokenizer is trained on: templates, prompts and the synthetic language."""
     rng = random.Random(seed)
     lines = [t.system for t in TEMPLATES.values() if t.system]
-    lines += [SHORT_ANSWER, "Answer with the option's letter from the given choices directly.",
+    lines += [SHORT_ANSWER, OPTION_LETTER,
               "USER: ASSISTANT: [INST] [/INST] <<SYS>> <</SYS>>", *CAPTION_PROMPTS, "What is in the image? There is"]
     for _ in range(n):
         scene = make_scene(rng)

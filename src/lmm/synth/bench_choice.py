@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from lmm.data.synth.bench_common import (
+from lmm.synth.bench_common import (
     LETTERS,
     MULTIPLE_CHOICE,
     Build,
@@ -21,7 +21,7 @@ from lmm.data.synth.bench_common import (
     unique,
     where,
 )
-from lmm.data.synth.scenes import COLORS, SHAPES, WORDS, Scene
+from lmm.synth.scenes import COLORS, SHAPES, WORDS, Scene
 
 Item = tuple[str, str, list[str]]  # question, correct option, distractors
 

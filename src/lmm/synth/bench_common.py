@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmm.data.synth.scenes import SHAPES, Obj, Scene, make_scene, render
+from lmm.synth.scenes import SHAPES, Obj, Scene, make_scene, render
+from lmm.text import prompts
 
 # The suffixes exactly as the official question files carry them (checked against the readers in the tests).
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
-MULTIPLE_CHOICE = "\nAnswer with the option's letter from the given choices directly."
+SHORT_ANSWER = "\n" + prompts.SHORT_ANSWER
+MULTIPLE_CHOICE = "\n" + prompts.OPTION_LETTER
 VIZWIZ_HINT = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
 CN_SUFFIX = "\n请直接回答选项字母。"
 MME_YES_NO = " Please answer yes or no."

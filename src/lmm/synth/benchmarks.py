@@ -26,17 +26,16 @@ the parameters and :data:`BENCH_VERSION`; a folder with the same key is left alo
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lmm.data.synth.bench_choice import write_mmbench, write_mmbench_cn, write_scienceqa, write_seed
-from lmm.data.synth.bench_common import MARKER, Build
-from lmm.data.synth.bench_gqa import write_gqa
-from lmm.data.synth.bench_judged import write_llava_wild, write_mmvet
-from lmm.data.synth.bench_vqa import write_textvqa, write_vizwiz, write_vqav2
-from lmm.data.synth.bench_yesno import write_mme, write_pope
+from lmm.synth.bench_choice import write_mmbench, write_mmbench_cn, write_scienceqa, write_seed
+from lmm.synth.bench_common import MARKER, Build
+from lmm.synth.bench_gqa import write_gqa
+from lmm.synth.bench_judged import write_llava_wild, write_mmvet
+from lmm.synth.bench_vqa import write_textvqa, write_vizwiz, write_vqav2
+from lmm.synth.bench_yesno import write_mme, write_pope
 
 __all__ = ["BENCH_VERSION", "SYNTH_BENCHMARKS", "write_synthetic_benchmarks"]
 
@@ -57,15 +56,6 @@ SYNTH_BENCHMARKS: dict[str, tuple[str, Callable[[Build], None]]] = {
     "llava_wild": ("llava-bench-in-the-wild", write_llava_wild),
     "mmvet": ("mm-vet", write_mmvet),
 }
-
-
-def _ours(folder: Path, root: Path) -> bool:
-    """A folder this module wrote: it has the marker, or it is the pope/gqa folder of the earlier writer
-    (``lmm.data.synthetic_benchmarks``, which left ``.done-<n>-<size>`` stamps in ``root``)."""
-    legacy = folder.name in ("pope", "gqa") and any(
-        re.fullmatch(r"\.done-\d+-\d+", p.name) for p in root.iterdir()
-    )
-    return (folder / MARKER).is_file() or legacy
 
 
 def write_synthetic_benchmarks(
@@ -109,7 +99,7 @@ def write_synthetic_benchmarks(
         if marker.is_file() and marker.read_text(encoding="utf-8") == key:
             continue
         if target.exists():
-            if not _ours(target, root):
+            if not (target / MARKER).is_file():
                 raise FileExistsError(
                     f"{target} exists and was not written by the synthetic benchmark writer; "
                     "refusing to overwrite it (remove it or choose another root)"

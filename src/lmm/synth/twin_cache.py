@@ -1,4 +1,4 @@
-"""What the pretrained twins (:mod:`lmm.training.twin_tower`, :mod:`lmm.training.twin_llm`) share: a cache folder per
+"""What the pretrained twins (:mod:`lmm.synth.twin_tower`, :mod:`lmm.synth.twin_llm`) share: a cache folder per
 key, trained once with the caller's RNG left alone, a plain AdamW loop, and an atomic ``save_pretrained``."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lmm.data.synth.sources import SYNTH_VERSION
+from lmm.synth.sources import SYNTH_VERSION
 
 log = logging.getLogger(__name__)
 

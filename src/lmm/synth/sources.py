@@ -15,11 +15,11 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from lmm.data.synth.scenes import COLORS, NUMBER_WORDS, SHAPES, Scene, make_scene, render
+from lmm.data.sources import source_counts
+from lmm.synth.scenes import COLORS, NUMBER_WORDS, SHAPES, Scene, make_scene, render
+from lmm.text.prompts import ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER
 
-SHORT = "Answer the question using a single word or phrase."
-LETTER = "Answer with the option's letter from the given choices directly."
-CAPTION = "Provide a one-sentence caption for the provided image."
+SHORT, LETTER, CAPTION = SHORT_ANSWER, OPTION_LETTER, ONE_SENTENCE_CAPTION
 REGION_DESC = "Please provide a short description for this region: {box}."
 REGION_BOX = "Please provide the bounding box coordinate of the region this sentence describes: {expr}."
 LCS_PROMPTS = ("Render a clear and concise summary of the photo.", "Give a brief description of the image.",
@@ -29,8 +29,6 @@ DETAIL_PROMPTS = ("Describe the following image.", "Explain the visual content o
                   "Can you elaborate on the elements of the picture provided?")
 CORNERS = {"circle": 0, "square": 4, "triangle": 3}
 # spec §2.2: exact counts of llava_v1_5_mix665k.json; the twin keeps the shares.
-MIX665K_COUNTS = {"llava_instruct": 157712, "sharegpt": 40688, "vqav2": 82783, "gqa": 72140, "okvqa": 8998,
-                  "ocrvqa": 80000, "aokvqa": 66160, "textcaps": 21953, "refcoco": 48447, "vg": 86417}
 IMAGE_DIRS = {"llava_instruct": "coco/train2017", "vqav2": "coco/train2017", "okvqa": "coco/train2017",
               "aokvqa": "coco/train2017", "refcoco": "coco/train2017", "gqa": "gqa/images",
               "ocrvqa": "ocr_vqa/images", "textcaps": "textvqa/train_images", "vg": "vg/VG_100K"}
@@ -129,7 +127,7 @@ def gen_okvqa(scene, rng, size):
 
 
 def gen_gqa(scene, rng, size):
-    from lmm.data.synth.bench_gqa import gqa_qa_pairs  # one question generator for GQA train and testdev
+    from lmm.synth.bench_gqa import gqa_qa_pairs  # one question generator for GQA train and testdev
 
     pairs = dict(gqa_pairs(scene, rng)[:2])
     for _ in range(3):
@@ -199,12 +197,6 @@ def described_conversation(rng: random.Random) -> list[tuple[str, str]]:
     gen = rng.choice((gen_llava_instruct, gen_vqav2, gen_gqa, gen_okvqa))
     turns = gen(scene, rng, 64)
     return [(f"{scene.caption()}\n{turns[0][0]}", turns[0][1]), *turns[1:]]
-
-
-def source_counts(total: int) -> dict[str, int]:
-    """Per-source sample counts for a ``total``-sample twin, in the 665K shares (every source ≥ 1)."""
-    full = sum(MIX665K_COUNTS.values())
-    return {s: max(1, round(total * c / full)) for s, c in MIX665K_COUNTS.items()}
 
 
 def write_llava_data(root: str | Path, n_pretrain: int = 512, n_finetune: int = 1500, image_size: int = 64,

@@ -4,7 +4,7 @@ Vicuna arrives knowing its language and how to answer about what its context say
 connector to put image features where the LLM's words are. A random LLM twin knows nothing, so stage 1 cannot
 align anything (caption loss 6.9 → 6.7 on the synthetic captions) and stage 2 must learn language and vision at
 once. With ``pretrain`` the random twin is first trained, once, on text conversations of the twin world (a scene
-described in words, then the questions of an image source: :func:`lmm.data.synth.sources.described_conversation`) in
+described in words, then the questions of an image source: :func:`lmm.synth.sources.described_conversation`) in
 the LLM's chat template, and saved as a transformers checkpoint under the cache that ``from_pretrained`` loads like
 the real LLM. Then stage 1 aligns (caption loss 4.3 → 1.0 in 128 steps), and stage 2 learns what a random twin
 does not within a CPU budget: whether a shape named in the question is in the image (POPE-like 50 % → 96 %, see
@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 from lmm.data.batch import Example, collate
-from lmm.data.synth.sources import described_conversation
 from lmm.models.build import random_twin_config
 from lmm.models.llm import build_llm
+from lmm.synth.sources import described_conversation
+from lmm.synth.twin_cache import cached_twin, fit, save_twin
 from lmm.text.templates import get_template
 from lmm.text.tokenize import tokenize_conversation
-from lmm.training.twin_cache import cached_twin, fit, save_twin
 
 LLM_TWIN_VERSION = 1
 DEFAULTS = {"steps": 1000, "batch_size": 32, "lr": 1.0e-3, "weight_decay": 0.0, "seed": 0}

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
-from lmm.data.synth.bench_common import (
+from lmm.synth.bench_common import (
     MME_YES_NO,
     NUMBER_NAMES,
     SHORT_ANSWER,
@@ -19,7 +19,7 @@ from lmm.data.synth.bench_common import (
     scene_where,
     unique,
 )
-from lmm.data.synth.scenes import COLORS, SHAPES, WORDS, Scene
+from lmm.synth.scenes import COLORS, SHAPES, WORDS, Scene
 
 # ---------------------------------------------------------------------------------------------------- POPE
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from lmm.data.synth.bench_common import (
+from lmm.synth.bench_common import (
     CORNERS,
     NUMBER_NAMES,
     Build,
@@ -17,7 +17,7 @@ from lmm.data.synth.bench_common import (
     unique,
     where,
 )
-from lmm.data.synth.scenes import Scene
+from lmm.synth.scenes import Scene
 
 
 def _description(scene: Scene) -> str:

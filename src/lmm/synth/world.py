@@ -1,0 +1,111 @@
+"""The synthetic world made real before a run starts.
+
+With ``model.twin`` (``scale=tiny``) the backbones are tiny twins: the tiny tokenizer is trained on the twin world's
+text, and a twin block with ``pretrain`` is trained once (:mod:`lmm.synth.twin_tower`, :mod:`lmm.synth.twin_llm`).
+With ``data.twin.enabled`` the training data are a synthetic twin written under ``data.root``; with
+``eval.synthetic_benchmarks`` the benchmarks are written under ``eval.data_root``. Everything lands in the cache
+once (hash-keyed, atomic) and its path goes into the config — ``model.llm.tokenizer``, ``model.<part>.twin.checkpoint``
+— so training and evaluation read files exactly as at paper scale and never import this package.
+
+Processes of one run (every rank of ``torchrun``) prepare under one file lock: the first writes, the others find.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def world_lock(cache_dir: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``cache_dir/.world.lock`` (released when the process ends, even by a crash)."""
+    path = Path(cache_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".world.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def twin_spec(data_cfg) -> dict | None:
+    """``write_twin``'s argument for a data config whose ``twin.enabled`` is set (``root`` + the writer's
+    parameters), or None for real data."""
+    twin = dict(data_cfg.get("twin") or {})
+    if not twin.pop("enabled", False):
+        return None
+    return {"root": data_cfg["root"], **twin}
+
+
+def prepare_training(cfg: DictConfig) -> DictConfig:
+    """Write / train what ``cfg`` needs of the synthetic world and put the paths into ``cfg`` (in place)."""
+    from lmm.synth import write_twin
+
+    with world_lock(cfg.paths.cache_dir):
+        spec = twin_spec(OmegaConf.to_container(cfg.data, resolve=True))
+        if spec:
+            write_twin(spec)
+        if cfg.model.twin:
+            tokenizer = _tokenizer(cfg)
+            _pretrained_twin(cfg, "vision", lambda v: _tower(v, cfg))
+            _pretrained_twin(cfg, "llm", lambda m: _llm(m, tokenizer, cfg))
+        during = (cfg.get("eval") or {}).get("during_training") or {}
+        if during.get("enabled") and "finetune" in cfg.run_stages:
+            _benchmarks(cfg.eval, list(during.benchmarks))
+    return cfg
+
+
+def prepare_eval(eval_cfg: DictConfig) -> DictConfig:
+    """Write the synthetic benchmarks an ``evaluation`` config node asks for (``synthetic_benchmarks``)."""
+    _benchmarks(eval_cfg, list(eval_cfg.benchmarks))
+    return eval_cfg
+
+
+def _benchmarks(eval_cfg, names: list[str]) -> None:
+    synth = eval_cfg.get("synthetic_benchmarks")
+    if synth:
+        from lmm.synth.benchmarks import write_synthetic_benchmarks
+
+        write_synthetic_benchmarks(eval_cfg.data_root, synth.n_images, synth.image_size, names=names)
+
+
+def _tokenizer(cfg: DictConfig):
+    """The tiny Llama-style tokenizer of the twin world (trained once per cache); its folder becomes
+    ``model.llm.tokenizer``."""
+    from lmm.synth import tokenizer_corpus
+    from lmm.text.tokenizer import train_tiny_tokenizer
+
+    tok, folder = train_tiny_tokenizer(tokenizer_corpus(), cfg.model.llm.get("tiny_vocab_size") or 1000,
+                                       Path(cfg.paths.cache_dir), cfg.model.max_length)
+    with open_dict(cfg):
+        cfg.model.llm.tokenizer = str(folder)
+    return tok
+
+
+def _pretrained_twin(cfg: DictConfig, part: str, pretrain) -> None:
+    """A twin block with ``pretrain`` and no ``checkpoint`` gets the folder ``pretrain(part_dict)`` trains once."""
+    conf = OmegaConf.to_container(cfg.model[part], resolve=True)
+    twin = conf.get("twin") or {}
+    if twin.get("pretrain") is not None and not twin.get("checkpoint"):
+        with open_dict(cfg):
+            cfg.model[part].twin.checkpoint = str(pretrain(conf))
+
+
+def _tower(vision: dict, cfg: DictConfig) -> Path:
+    from lmm.synth.twin_tower import pretrain_twin_tower
+
+    return pretrain_twin_tower(vision, cfg.paths.cache_dir)
+
+
+def _llm(llm: dict, tokenizer, cfg: DictConfig) -> Path:
+    from lmm.synth.twin_llm import pretrain_twin_llm
+
+    return pretrain_twin_llm(llm, tokenizer, llm.get("chat_template") or "vicuna_v1", cfg.paths.cache_dir)
