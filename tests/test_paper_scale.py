@@ -72,7 +72,7 @@ def test_paper_configs_compose_to_the_official_recipe(name):
     assert pre.gradient_clip_val is None and fin.gradient_clip_val is None  # zero2/zero3.json: no clipping
     assert pre.strategy.name == fin.strategy.name == "deepspeed"
     assert pre.strategy.config.zero_optimization.stage == 2 and fin.strategy.config.zero_optimization.stage == 3
-    assert cfg.trainer.tf32 is True and cfg.trainer.precision is None  # → bf16-mixed on GPU, fp32 masters
+    assert cfg.tf32 is True and cfg.trainer.precision is None  # → bf16-mixed on GPU, fp32 masters
     assert cfg.trainer.devices == "auto"  # every visible GPU; the global batch is kept by accumulation
 
 

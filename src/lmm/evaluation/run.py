@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,35 @@ def _numeric(d: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
+@dataclass
+class EvalRun:
+    """What every benchmark of one evaluation shares: the model, how it reads its inputs, and its MLflow run."""
+
+    cfg: DictConfig
+    model: Any
+    tokenizer: Any
+    template: Any
+    transform: Any
+    model_id: str
+    out_dir: Path
+    client: Any = None
+    run_id: str = ""
+    parent: str | None = None  # the training run (same store), which gets eval/<bench>/score too
+    tracking_uri: str = ""
+
+
 def run_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) -> dict[str, Any]:
     """Evaluate ``checkpoint`` with the settings of an ``evaluation`` config node (conf/evaluation/default.yaml);
     its benchmark files must exist (synthetic ones are written by :func:`lmm.synth.world.prepare_eval`)."""
-    import mlflow
+    ev, spec = load_for_eval(cfg, checkpoint, output_dir)
+    open_run(ev, spec)
+    results = {name: evaluate_benchmark(ev, name) for name in cfg.benchmarks}
+    ev.client.set_terminated(ev.run_id)
+    return {"results": results, "run_id": ev.run_id, "tracking_uri": ev.tracking_uri, "output_dir": str(ev.out_dir)}
 
+
+def load_for_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) -> tuple[EvalRun, dict]:
+    """The model folder's model (on ``cfg.device`` or the GPU if any), tokenizer, template and image transform."""
     model_dir = resolve_model_dir(checkpoint)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, spec = load_model_dir(model_dir, device)
@@ -56,92 +81,79 @@ def run_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) ->
     transform = image_transform_for(model, cfg.image_aspect_ratio or spec.get("image_aspect_ratio", "pad"))
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_id = cfg.model_id or model_dir.parent.parent.name
+    spec = {**spec, "model_dir": str(model_dir)}
+    return EvalRun(cfg, model, tokenizer, template, transform, cfg.model_id or model_dir.parent.parent.name,
+                   out_dir), spec
 
-    tracking_uri = cfg.tracking_uri or spec.get("mlflow_tracking_uri") or f"sqlite:///{out_dir}/mlflow.db"
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    same_store = bool(spec.get("mlflow_tracking_uri")) and tracking_uri == spec.get("mlflow_tracking_uri")
-    parent = spec.get("mlflow_run_id") if same_store else None
-    exp_name = cfg.experiment_name
-    exp = client.get_experiment_by_name(exp_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
-    tags = {**(spec.get("tags") or {}), "kind": "eval", "checkpoint": str(model_dir), "git_sha": git_sha(),
-            "template": template.name}
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-        tags["train_run_id"] = parent
-    run = client.create_run(exp_id, tags=tags, run_name=f"eval-{model_id}")
-    run_id = run.info.run_id
-    params = {
-        "benchmarks": ",".join(cfg.benchmarks),
-        "batch_size": cfg.batch_size,
-        "limit": cfg.limit,
-        "checkpoint": str(model_dir),
-        "data_root": str(cfg.data_root),
-        "decoding": "greedy",
-    }
+
+def open_run(ev: EvalRun, spec: dict) -> None:
+    """The evaluation's MLflow run: a child of the training run when both live in the same store."""
+    import mlflow
+
+    cfg = ev.cfg
+    ev.tracking_uri = cfg.tracking_uri or spec.get("mlflow_tracking_uri") or f"sqlite:///{ev.out_dir}/mlflow.db"
+    ev.client = client = mlflow.MlflowClient(tracking_uri=ev.tracking_uri)
+    same_store = bool(spec.get("mlflow_tracking_uri")) and ev.tracking_uri == spec.get("mlflow_tracking_uri")
+    ev.parent = spec.get("mlflow_run_id") if same_store else None
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment_name)
+    tags = {**(spec.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"], "git_sha": git_sha(),
+            "template": ev.template.name}
+    if ev.parent:
+        tags["mlflow.parentRunId"] = ev.parent
+        tags["train_run_id"] = ev.parent
+    ev.run_id = client.create_run(exp_id, tags=tags, run_name=f"eval-{ev.model_id}").info.run_id
+    params = {"benchmarks": ",".join(cfg.benchmarks), "batch_size": cfg.batch_size, "limit": cfg.limit,
+              "checkpoint": spec["model_dir"], "data_root": str(cfg.data_root), "decoding": "greedy"}
     for k, v in params.items():
-        client.log_param(run_id, k, "" if v is None else v)
+        client.log_param(ev.run_id, k, "" if v is None else v)
 
-    results: dict[str, Any] = {}
-    for name in cfg.benchmarks:
-        bench = get_benchmark(name)
-        options = dict((cfg.get("benchmark_options") or {}).get(name) or {})
-        if options:
-            bench = bench.with_options(**options)
-        if bench.needs_judge and not cfg.get("judge", {}).get("base_url"):
-            msg = (
-                f"{name}: skipped — it is scored by an LLM judge and no judge is configured (judge.base_url)"
-            )
-            log.warning(msg)
-            results[name] = {"skipped": msg}
-            client.set_tag(run_id, f"skipped.{name}", msg)
-            continue
-        questions = bench.questions(cfg.data_root)
-        if cfg.limit:
-            questions = questions[: cfg.limit]
-        max_new = cfg.max_new_tokens or bench.max_new_tokens
-        t0 = time.perf_counter()
-        answers = answer_questions(
-            model, tokenizer, template, questions, transform, max_new, cfg.batch_size, model_id
-        )
-        seconds = time.perf_counter() - t0
-        ans_path = out_dir / name / "answers.jsonl"
-        write_answers(ans_path, answers)
-        if bench.needs_judge:
-            from lmm.evaluation.judge import run_judge
 
-            judgments = [
-                run_judge(
-                    name,
-                    ans_path,
-                    cfg.data_root,
-                    out_dir / name / "judgments",
-                    **OmegaConf.to_container(cfg.judge, resolve=True),
-                )
-            ]
-            scores = bench.score(ans_path, cfg.data_root, judgments=judgments)
-        elif cfg.limit:
-            scores = {
-                "note": "limit set: answers written, not scored (official scoring needs every question)"
-            }
-        else:
-            scores = bench.score(ans_path, cfg.data_root)
-        scores["answers_per_s"] = len(answers) / max(seconds, 1e-9)
-        (out_dir / name / "scores.json").write_text(json.dumps(scores, indent=2, default=str))
-        for k, v in _numeric(scores).items():
-            client.log_metric(run_id, f"eval/{name}/{k}", v)
-        client.log_artifact(run_id, str(ans_path), f"eval/{name}")
-        client.log_artifact(run_id, str(out_dir / name / "scores.json"), f"eval/{name}")
-        if parent and isinstance(scores.get("score"), (int, float)):
-            client.log_metric(parent, f"eval/{name}/score", float(scores["score"]))
-        results[name] = scores
-        log.info(
-            "%s: score %s (%d answers, %.1f answers/s)",
-            name,
-            scores.get("score"),
-            len(answers),
-            scores["answers_per_s"],
-        )
-    client.set_terminated(run_id)
-    return {"results": results, "run_id": run_id, "tracking_uri": tracking_uri, "output_dir": str(out_dir)}
+def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
+    """Answer one benchmark's questions, write LLaVA's answer file, score it officially (or skip it with the
+    reason: a judged benchmark without a judge), log scores and files to MLflow."""
+    cfg, client = ev.cfg, ev.client
+    bench = get_benchmark(name)
+    options = dict((cfg.get("benchmark_options") or {}).get(name) or {})
+    if options:
+        bench = bench.with_options(**options)
+    if bench.needs_judge and not cfg.get("judge", {}).get("base_url"):
+        msg = f"{name}: skipped — it is scored by an LLM judge and no judge is configured (judge.base_url)"
+        log.warning(msg)
+        client.set_tag(ev.run_id, f"skipped.{name}", msg)
+        return {"skipped": msg}
+    questions = bench.questions(cfg.data_root)
+    if cfg.limit:
+        questions = questions[: cfg.limit]
+    t0 = time.perf_counter()
+    answers = answer_questions(ev.model, ev.tokenizer, ev.template, questions, ev.transform,
+                               cfg.max_new_tokens or bench.max_new_tokens, cfg.batch_size, ev.model_id)
+    seconds = time.perf_counter() - t0
+    ans_path = ev.out_dir / name / "answers.jsonl"
+    write_answers(ans_path, answers)
+    scores = score_answers(cfg, bench, name, ans_path, ev.out_dir)
+    scores["answers_per_s"] = len(answers) / max(seconds, 1e-9)
+    (ev.out_dir / name / "scores.json").write_text(json.dumps(scores, indent=2, default=str))
+    for k, v in _numeric(scores).items():
+        client.log_metric(ev.run_id, f"eval/{name}/{k}", v)
+    client.log_artifact(ev.run_id, str(ans_path), f"eval/{name}")
+    client.log_artifact(ev.run_id, str(ev.out_dir / name / "scores.json"), f"eval/{name}")
+    if ev.parent and isinstance(scores.get("score"), (int, float)):
+        client.log_metric(ev.parent, f"eval/{name}/score", float(scores["score"]))
+    log.info("%s: score %s (%d answers, %.1f answers/s)", name, scores.get("score"), len(answers),
+             scores["answers_per_s"])
+    return scores
+
+
+def score_answers(cfg: DictConfig, bench, name: str, ans_path: Path, out_dir: Path) -> dict[str, Any]:
+    """The official score of an answer file (with the judge's verdicts for a judged benchmark); with ``limit``
+    nothing is scored (official scoring needs every question)."""
+    if bench.needs_judge:
+        from lmm.evaluation.judge import run_judge
+
+        judgments = [run_judge(name, ans_path, cfg.data_root, out_dir / name / "judgments",
+                               **OmegaConf.to_container(cfg.judge, resolve=True))]
+        return bench.score(ans_path, cfg.data_root, judgments=judgments)
+    if cfg.limit:
+        return {"note": "limit set: answers written, not scored (official scoring needs every question)"}
+    return bench.score(ans_path, cfg.data_root)

@@ -37,15 +37,6 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def make_logger(tracking_uri: str, experiment_name: str, run_name: str, tags: dict[str, str],
-                run_id: str | None = None):
-    """Lightning's MLflow logger; with ``run_id`` it continues that run (a resumed stage)."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
-                        tags={k: str(v) for k, v in tags.items()}, log_model=False, run_id=run_id)
-
-
 def run_exists(tracking_uri: str, run_id: str) -> bool:
     """Whether ``run_id`` is a live run of the store (a checkpoint from another run folder names a foreign run)."""
     import mlflow

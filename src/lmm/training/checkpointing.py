@@ -107,7 +107,7 @@ def write_json_atomic(data: dict, path: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------------- checkpoint callback
 class StepCheckpoints(L.Callback):
-    """``<dirpath>/step-<N>.ckpt`` every ``every_n_steps`` optimizer steps (the newest ``keep_last`` kept), and on
+    """``<dirpath>/step-<N>.ckpt`` (``dirpath`` None: ``<trainer.default_root_dir>/checkpoints``) every ``every_n_steps`` optimizer steps (the newest ``keep_last`` kept), and on
     SIGTERM (a cluster's pre-emption notice): finish the current optimizer step, write a checkpoint, stop.
 
     The SIGTERM handler only records the request (Lightning's own would raise at the next micro-batch, possibly in
@@ -115,8 +115,8 @@ class StepCheckpoints(L.Callback):
     takes part in the save (sharded strategies gather). ``preempted`` then holds the checkpoint's path; the caller
     exits without marking the stage done."""
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, keep_last: int = 2):
-        self.dirpath = Path(dirpath)
+    def __init__(self, dirpath: str | Path | None = None, every_n_steps: int | None = None, keep_last: int = 2):
+        self.dirpath = Path(dirpath) if dirpath is not None else None
         self.every, self.keep_last = int(every_n_steps or 0), max(1, int(keep_last))
         self.requested = False
         self.preempted: Path | None = None
@@ -130,6 +130,10 @@ class StepCheckpoints(L.Callback):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         log.warning("SIGTERM received: a checkpoint is written at the end of the current optimizer step")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = Path(trainer.default_root_dir) / "checkpoints"
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._children = list(getattr(trainer.strategy.launcher, "procs", None) or [])

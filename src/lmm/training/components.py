@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.datamodule import build_datamodule
 from lmm.data.processor import SampleProcessor
 from lmm.models.build import build_llava
 from lmm.text.tokenizer import load_tokenizer
-from lmm.training.callbacks import MaskedSampleGuard
 
 StageCallbacks = Callable[[str, Any, SampleProcessor], list]  # (stage name, tokenizer, processor) -> callbacks
 
@@ -54,9 +54,9 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
 def stage_callbacks(cfg: DictConfig, stage_name: str, tokenizer, processor: SampleProcessor,
                     extra: StageCallbacks | None = None) -> list:
-    """The masked-sample guard always; then what the caller's ``extra(stage_name, tokenizer, processor)`` adds
-    (the entry point's benchmarks scored during training)."""
-    callbacks = [MaskedSampleGuard(cfg.data.max_masked_share, cfg.data.masked_min_samples)]
+    """The ``callbacks`` config's (each ``_target_`` instantiated; a ``null`` entry is off), then what the caller's
+    ``extra(stage_name, tokenizer, processor)`` adds (the entry point's benchmarks scored during training)."""
+    callbacks = [instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values() if node]
     return callbacks + list(extra(stage_name, tokenizer, processor) if extra else [])
 
 

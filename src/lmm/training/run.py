@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.hd_cells import image_transform_for
@@ -120,14 +121,7 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
 
         return {"plan": run_plan(cfg), "stages": {}, "output_dir": str(out_dir),
                 "tracking_uri": cfg.logger.tracking_uri}
-    L.seed_everything(cfg.seed, workers=True)
-    set_tf32(bool(cfg.trainer.get("tf32")))
-    check_connector_sources(cfg)
-    precision = resolve_precision(cfg.trainer.precision, is_gpu(cfg))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    cfg_yaml = out_dir / ("config_resume.yaml" if cfg.get("resume") else "config.yaml")
-    cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    precision, resolved, cfg_yaml = start_run(cfg)
     tokenizer = build_tokenizer(cfg)
     model = build_model(cfg, tokenizer)
     sha = track.git_sha()
@@ -163,6 +157,20 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
     return results
 
 
+def start_run(cfg: DictConfig) -> tuple[str, dict, Path]:
+    """Seed, TF32, the config checks, the precision; the resolved config written to the run folder."""
+    L.seed_everything(cfg.seed, workers=True)
+    set_tf32(bool(cfg.get("tf32")))
+    check_connector_sources(cfg)
+    precision = resolve_precision(cfg.trainer.precision, is_gpu(cfg))
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    cfg_yaml = out_dir / ("config_resume.yaml" if cfg.get("resume") else "config.yaml")
+    cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return precision, resolved, cfg_yaml
+
+
 def resume_point(cfg: DictConfig, stage_dir: Path, first: bool) -> tuple[Path | None, dict]:
     """Where the stage continues from: ``resume=auto`` → its newest readable checkpoint (a corrupt newest one falls
     back to the previous); ``resume=<path>`` → that checkpoint, for the first stage not yet finished."""
@@ -195,21 +203,14 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
         log.warning("the checkpoint's MLflow run %s is not in %s: the resumed stage gets a new run", run_id,
                     cfg.logger.tracking_uri)
         run_id = None
-    logger = track.make_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, f"{cfg.run_name}-{name}",
-                               {"stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir),
-                                **run_tags(cfg)}, run_id=run_id)
-    ck = cfg.get("checkpoint") or {}
-    preempt = StepCheckpoints(stage_dir / "checkpoints", ck.get("every_n_steps"), ck.get("keep_last", 2))
-    callbacks = stage_callbacks(cfg, name, tokenizer, processor, extra_callbacks) + [preempt]
-    strategy = build_strategy(stage.get("strategy"), model, stage.micro_batch_size)
-    trainer = L.Trainer(
+    logger = instantiate(cfg.logger, run_name=f"{cfg.run_name}-{name}", run_id=run_id, tags={
+        "stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir), **run_tags(cfg)}, _convert_="all")
+    callbacks = stage_callbacks(cfg, name, tokenizer, processor, extra_callbacks)
+    preempt = next(cb for cb in callbacks if isinstance(cb, StepCheckpoints))
+    trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         max_epochs=stage.epochs, max_steps=stage.max_steps, gradient_clip_val=stage.gradient_clip_val,
-        precision=precision, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes, strategy=strategy, logger=logger, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], default_root_dir=str(stage_dir), enable_checkpointing=False,
-        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
-        enable_model_summary=False,
-    )
+        precision=precision, strategy=build_strategy(stage.get("strategy"), model, stage.micro_batch_size),
+        logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(stage_dir))
     world = world_size(trainer)
     accum = accumulation(stage, world)
     trainer.accumulate_grad_batches = accum
