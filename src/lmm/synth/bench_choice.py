@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from lmm.evaluation.benchmarks.mmbench import MMBench
+from lmm.evaluation.benchmarks.scienceqa import ScienceQA
+from lmm.evaluation.benchmarks.seed import SEED
 from lmm.synth.bench_common import (
     LETTERS,
     MULTIPLE_CHOICE,
@@ -103,7 +106,7 @@ def write_scienceqa(b: Build) -> None:
             "solution": f"The answer is {correct}.",
             "split": "test",
         }
-    b.json("scienceqa/llava_test_CQM-A.json", rows, indent=2)
+    b.json(ScienceQA.QUESTION_FILE, rows, indent=2)
     b.json("scienceqa/problems.json", problems)
     b.json("scienceqa/pid_splits.json", {"train": [], "val": [], "test": ids, "minitest": ids})
 
@@ -244,12 +247,12 @@ def _write_mmbench(b: Build, lang: str, rel: str) -> None:
 def write_mmbench(b: Build) -> None:
     """``mmbench/mmbench_dev_20230712.tsv``: questions with 2-4 options, then their circular copies
     (index ``k·1e6 + i``)."""
-    _write_mmbench(b, "en", "mmbench/mmbench_dev_20230712.tsv")
+    _write_mmbench(b, "en", MMBench.TSV_FILES["en"][0])
 
 
 def write_mmbench_cn(b: Build) -> None:
     """``mmbench_cn/mmbench_dev_cn_20231003.tsv``: the same questions and images in Chinese."""
-    _write_mmbench(b, "cn", "mmbench_cn/mmbench_dev_cn_20231003.tsv")
+    _write_mmbench(b, "cn", MMBench.TSV_FILES["cn"][0])
 
 
 # ---------------------------------------------------------------------------------------------------- SEED
@@ -359,5 +362,5 @@ def write_seed(b: Build) -> None:
                 "question_type_id": SEED_TYPES[kind],
             }
         )
-    b.jsonl("seed_bench/llava-seed-bench.jsonl", rows)
-    b.json("seed_bench/SEED-Bench.json", {"questions": questions, "question_type": SEED_TYPES})
+    b.jsonl(SEED.QUESTION_FILE, rows)
+    b.json(SEED.GT_FILE, {"questions": questions, "question_type": SEED_TYPES})

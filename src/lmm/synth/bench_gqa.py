@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from lmm.evaluation.benchmarks.gqa import GQA
 from lmm.synth.bench_common import (
     SHORT_ANSWER,
     Build,
@@ -184,8 +185,8 @@ def write_gqa(b: Build) -> None:
                 "types": {"detailed": detailed, "semantic": semantic, "structural": structural},
                 "fullAnswer": full,
             }
-    b.jsonl("gqa/llava_gqa_testdev_balanced.jsonl", questions)
-    b.json("gqa/data/testdev_balanced_questions.json", gt)
+    b.jsonl(GQA.QUESTION_FILE, questions)
+    b.json(GQA.GT_FILES[0], gt)
 
 
 def gqa_qa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+from lmm.evaluation.benchmarks.llava_wild import LLaVAWild
+from lmm.evaluation.benchmarks.mmvet import MMVet
 from lmm.synth.bench_common import (
     CORNERS,
     NUMBER_NAMES,
@@ -85,9 +87,9 @@ def write_llava_wild(b: Build) -> None:
                     "metadata": {},
                 }
             )
-    b.jsonl("llava-bench-in-the-wild/questions.jsonl", questions)
-    b.jsonl("llava-bench-in-the-wild/context.jsonl", contexts)
-    b.jsonl("llava-bench-in-the-wild/answers_gpt4.jsonl", answers)
+    b.jsonl(f"{LLaVAWild.ROOT}/questions.jsonl", questions)
+    b.jsonl(f"{LLaVAWild.ROOT}/context.jsonl", contexts)
+    b.jsonl(f"{LLaVAWild.ROOT}/answers_gpt4.jsonl", answers)
 
 
 MMVET_CAPABILITIES = (["rec"], ["ocr"], ["rec", "know"], ["rec", "spat"], ["rec", "math"], ["rec", "gen"])
@@ -136,5 +138,5 @@ def write_mmvet(b: Build) -> None:
             "question": question,
             "answer": answer,
         }
-    b.jsonl("mm-vet/llava-mm-vet.jsonl", rows)
-    b.json("mm-vet/mm-vet.json", metadata, indent=4)
+    b.jsonl(MMVet.QUESTION_FILE, rows)
+    b.json(MMVet.METADATA, metadata, indent=4)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from lmm.evaluation.benchmarks.textvqa import TextVQA
+from lmm.evaluation.benchmarks.vizwiz import VizWiz
+from lmm.evaluation.benchmarks.vqav2 import VQAv2
 from lmm.synth.bench_common import (
     NUMBER_NAMES,
     SHORT_ANSWER,
@@ -81,7 +84,7 @@ def write_vqav2(b: Build) -> None:
     info = {"description": "Synthetic twin of VQA v2 (procedural scenes)", "version": "2.0", "year": 2017}
     license_ = {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}
     b.json(
-        "vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
+        VQAv2.OFFICIAL_VAL_QUESTIONS,
         {
             "info": info,
             "task_type": "Open-Ended",
@@ -92,7 +95,7 @@ def write_vqav2(b: Build) -> None:
         },
     )
     b.json(
-        "vqav2/v2_mscoco_val2014_annotations.json",
+        VQAv2.VAL_ANNOTATIONS,
         {
             "info": info,
             "license": license_,
@@ -120,8 +123,8 @@ def write_vqav2(b: Build) -> None:
             test.append(row)
             if k % 2 == 0:  # test-dev is a subset of test2015
                 test_dev.append(row)
-    b.jsonl("vqav2/llava_vqav2_mscoco_test2015.jsonl", test)
-    b.jsonl("vqav2/llava_vqav2_mscoco_test-dev2015.jsonl", test_dev)
+    b.jsonl(VQAv2.TEST_QUESTIONS, test)
+    b.jsonl(VQAv2.QUESTION_FILES["test-dev"], test_dev)
 
 
 VIZWIZ_KINDS = ("color", "count", "presence", "unanswerable")
@@ -164,9 +167,9 @@ def write_vizwiz(b: Build) -> None:
                 }
             )
         if split == "val":
-            b.json("vizwiz/val.json", val)
+            b.json(VizWiz.VAL_ANNOTATIONS, val)
         else:
-            b.jsonl("vizwiz/llava_test.jsonl", test)
+            b.jsonl(VizWiz.QUESTION_FILES["test"], test)
 
 
 # ----------------------------------------------------------------------------------------------- TextVQA
@@ -229,8 +232,8 @@ def write_textvqa(b: Build) -> None:
                     "set_name": "val",
                 }
             )
-    b.jsonl("textvqa/llava_textvqa_val_v051_ocr.jsonl", rows)
+    b.jsonl(TextVQA.QUESTION_FILE, rows)
     b.json(
-        "textvqa/TextVQA_0.5.1_val.json",
+        TextVQA.ANNOTATIONS,
         {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": data},
     )

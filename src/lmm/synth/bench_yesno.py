@@ -7,6 +7,8 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
+from lmm.evaluation.benchmarks.mme import MME
+from lmm.evaluation.benchmarks.pope import POPE
 from lmm.synth.bench_common import (
     MME_YES_NO,
     NUMBER_NAMES,
@@ -65,8 +67,8 @@ def write_pope(b: Build) -> None:
                     {"question_id": qid, "image": image, "text": text + SHORT_ANSWER, "category": split}
                 )
                 labels.append({"question_id": len(labels) + 1, "image": image, "text": text, "label": label})
-        b.jsonl(f"pope/coco/coco_pope_{split}.json", labels)
-    b.jsonl("pope/llava_pope_test.jsonl", questions)
+        b.jsonl(f"{POPE.LABEL_DIR}/coco_pope_{split}.json", labels)
+    b.jsonl(POPE.QUESTION_FILE, questions)
 
 
 # ----------------------------------------------------------------------------------------------------- MME
@@ -215,4 +217,4 @@ def write_mme(b: Build) -> None:
                 rows.append(
                     {"question_id": rel, "image": rel, "text": question + SHORT_ANSWER, "category": task}
                 )
-    b.jsonl("MME/llava_mme.jsonl", rows)
+    b.jsonl(MME.QUESTION_FILE, rows)

@@ -51,7 +51,7 @@ def existence_first(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """A merged conversation with its existence questions moved (in their order) to just before the first turn
     whose question or answer names a shape. Asked after "What color is the circle?", "Is there a circle?" is
     answered by the text alone, and a model learns that shortcut instead of looking for the circle in the image;
-    a benchmark asks it alone (measured: GQA-like binary questions 55 % → 75 %, tests/test_learning.py)."""
+    a benchmark asks it alone (measured: GQA-like binary questions 55 % → 75 %, tests/training/test_learning.py)."""
     exist = [qa for qa in pairs if qa[0].startswith(EXISTENCE)]
     rest = [qa for qa in pairs if not qa[0].startswith(EXISTENCE)]
     k = next((i for i, (q, a) in enumerate(rest) if any(s in f"{q} {a}" for s in SHAPES)), len(rest))

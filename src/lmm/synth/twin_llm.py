@@ -8,7 +8,7 @@ described in words, then the questions of an image source: :func:`lmm.synth.sour
 the LLM's chat template, and saved as a transformers checkpoint under the cache that ``from_pretrained`` loads like
 the real LLM. Then stage 1 aligns (caption loss 4.3 → 1.0 in 128 steps), and stage 2 learns what a random twin
 does not within a CPU budget: whether a shape named in the question is in the image (POPE-like 50 % → 96 %, see
-``tests/test_learning.py``). 1000 steps of 32 (≈ 4 min on 2 cores, once); 400 steps were not enough. Cached by a
+``tests/training/test_learning.py``). 1000 steps of 32 (≈ 4 min on 2 cores, once); 400 steps were not enough. Cached by a
 hash of the twin config, the tokenizer, the template and the synthetic data version; deterministic under ``seed``
 (on one machine).
 """

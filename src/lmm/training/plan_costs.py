@@ -35,7 +35,7 @@ AdamW moments, frozen parts stay in the dtype they load in, bf16 compute):
   flash / SDPA attention, so no ``T²`` term): bytes saved per token per layer ``a = 26·h + 4·h_kv + 8·i``. The
   ideal count is ``12·h + 4·h_kv + 8·i`` (bf16 norm inputs, Q/K/V, attention output, MLP input, gate / up / SiLU /
   product); transformers' ``LlamaDecoderLayer`` under bf16 autocast also keeps its RMSNorms' fp32 upcasts and a few
-  bf16 copies, ``14·h`` more — coefficients measured with ``saved_tensors_hooks`` (tests/test_plan.py). Without
+  bf16 copies, ``14·h`` more — coefficients measured with ``saved_tensors_hooks`` (tests/training/test_plan.py). Without
   checkpointing ``L·b·T·a``; with it the layer inputs ``L·b·T·2h`` plus one layer recomputed ``b·T·a``;
   LoRA adds ``2·(6h + i) + 14·r`` per token per layer (dropout outputs and A outputs of the 7 adapted linears);
   + ``6·b·T·h`` (spliced embeddings, final norm). For a frozen LLM this is an upper bound (a frozen linear saves
