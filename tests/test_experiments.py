@@ -98,16 +98,25 @@ def test_tiny_twins_keep_relative_sizes():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_runs_at_tiny_scale(name, tmp_path):
-    """Plumbing: two steps per stage. The LLM twins stay random here (chat-tuning the 13B twin alone costs ≈ 6 min);
-    the chat-tuned twin is the same code for every LLM config (test_twins) and is trained end to end by the default
-    runs (test_eval_run, test_learning)."""
+    """Plumbing: two steps per stage, random twins (the default ``twins=random``); the pretrained twins are the
+    same code for every backbone config (synth/test_twins) and are trained end to end by the learning test."""
+    from lmm.synth.world import prepare_training
     from lmm.training.run import run_training
 
-    cfg = cfg_of(name, f"paths.output_dir={tmp_path}", "model.llm.twin.pretrain=null",
+    cfg = cfg_of(name, f"paths.output_dir={tmp_path}",
                  "data.twin.n_pretrain=16", "data.twin.n_finetune=48", "stages.pretrain.max_steps=2",
                  "stages.finetune.max_steps=2", "eval.benchmarks=[gqa]", "trainer.enable_progress_bar=false",
                  scale="tiny")
-    result = run_training(cfg)
+    result = run_training(prepare_training(cfg))
     assert set(result["stages"]) == {"pretrain", "finetune"}
     assert result["stages"]["finetune"]["steps"] == 2
     assert "score" in result["eval"]["results"]["gqa"]
+
+
+@pytest.mark.parametrize("name", ["llava_v1_5_7b", "row9_13b", "row5_region_vqa"])
+def test_twins_group_decides_what_is_pretrained(name):
+    """`twins=random` (the default) pretrains nothing; `twins=pretrained` keeps each backbone config's settings,
+    whichever LLM / tower the experiment chose."""
+    rnd, pre = cfg_of(name, scale="tiny"), cfg_of(name, "twins=pretrained", scale="tiny")
+    assert rnd.model.llm.twin.pretrain is None and rnd.model.vision.twin.pretrain is None
+    assert pre.model.llm.twin.pretrain.steps == 1000 and pre.model.vision.twin.pretrain.steps == 800

@@ -12,8 +12,8 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 # 2 ranks × micro 4 × accumulation 2 = the stage-2 global batch of 16; stage 1: 2 × 8 × 1 = 16.
-ARGS = ["trainer.enable_progress_bar=false", "eval.after_training=false", "model.llm.twin.pretrain=null",
-        "model.vision.twin.pretrain=null", "data.twin.n_pretrain=32", "data.twin.n_finetune=64",
+ARGS = ["trainer.enable_progress_bar=false", "eval.after_training=false",
+        "data.twin.n_pretrain=32", "data.twin.n_finetune=64",
         "stages.pretrain.epochs=1", "stages.finetune.epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
         "stages.pretrain.micro_batch_size=8", "stages.finetune.micro_batch_size=4",
         "stages.finetune.global_batch_size=16", "checkpoint.every_n_steps=1", "checkpoint.keep_last=4"]

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
-TRAIN = ["data.twin.n_pretrain=2048", "data.twin.n_finetune=24000", "stages.pretrain.epochs=1",
+TRAIN = ["twins=pretrained", "data.twin.n_pretrain=2048", "data.twin.n_finetune=24000", "stages.pretrain.epochs=1",
          "stages.finetune.epochs=1", "stages.finetune.global_batch_size=32", "stages.finetune.micro_batch_size=32",
          "eval.synthetic_benchmarks.n_images=96", "eval.benchmarks=[vqav2,gqa,pope]",
          "trainer.enable_progress_bar=false"]

@@ -208,10 +208,15 @@ def write_llava_data(root: str | Path, n_pretrain: int = 512, n_finetune: int = 
         return root
     for old in root.glob(".done-*"):  # other parameters were written here before: their files are replaced
         old.unlink()
+    from tqdm.auto import tqdm
+
     rng = random.Random(seed)
+    bar = tqdm(total=n_pretrain + sum(source_counts(n_finetune).values()), mininterval=2, unit="record",
+               desc=f"writing the synthetic data twin under {root.name} (once)")
     pre_dir = root / "LLaVA-Pretrain"
     pretrain = []
     for k in range(n_pretrain):
+        bar.update()
         scene = make_scene(rng, aspects=aspects)
         rel = f"{k // 1000:05d}/{k:09d}.jpg"
         (pre_dir / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +228,7 @@ def write_llava_data(root: str | Path, n_pretrain: int = 512, n_finetune: int = 
     mix = []
     for source, n in source_counts(n_finetune).items():
         for k in range(n):
+            bar.update()
             sid = f"{source}-{k:06d}"
             if source == "sharegpt":
                 mix.append(_conv(None, gen_sharegpt(rng), sid))
@@ -234,6 +240,7 @@ def write_llava_data(root: str | Path, n_pretrain: int = 512, n_finetune: int = 
             mix.append(_conv(rel, GENERATORS[source](scene, rng, image_size), sid))
     random.Random(seed + 1).shuffle(mix)
     (root / "llava_v1_5_mix665k.json").write_text(json.dumps(mix, indent=1))
+    bar.close()
     stamp.touch()
     return root
 

@@ -36,9 +36,12 @@ def cached_twin(cache_dir: str | Path, kind: str, key: dict[str, Any], seed: int
 
 def fit(step_loss, params, settings: dict, what: str) -> float:
     """AdamW for ``settings['steps']`` steps on ``step_loss()`` (a fresh batch each call); returns the last loss."""
+    from tqdm.auto import tqdm
+
     opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0))
     start, first = time.time(), None
-    for _ in range(settings["steps"]):
+    for _ in tqdm(range(settings["steps"]), desc=f"pretraining the {what} (once, cached)", mininterval=2,
+                  unit="step"):
         loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
