@@ -29,10 +29,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lmm.common import plain
 from lmm.data.batch import Batch, Example, Skipped, collate
 from lmm.data.images import ImageLoadError
 from lmm.data.manifest import Manifest, epoch_items, select_rows
-from lmm.data.mixture import SourcedRecord, StageMixture, mixture_from_cfg, plain_config
+from lmm.data.mixture import SourcedRecord, StageMixture, mixture_from_cfg
 from lmm.data.processor import SampleProcessor
 from lmm.data.records import RecordError, parse_record
 from lmm.data.sampler import BatchPlan, plan_batches
@@ -387,7 +388,7 @@ def build_datamodule(data_cfg: Any, stage_name: str, processor: SampleProcessor,
     ``twin.enabled`` (the data are a synthetic twin: the mixture table's counts are not checked).
     ``num_image_tokens`` + ``max_length`` enable the over-length count (text tokens + image tokens after the splice).
     Rank and world size come from the trainer unless given."""
-    cfg = plain_config(data_cfg)
+    cfg = plain(data_cfg)
     if stage_name not in cfg:
         raise ValueError(f"the data config has no stage {stage_name!r}; it has {sorted(k for k in cfg)}")
     return ShardDataModule(

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmm.common import plain
 from lmm.data.records import Record
 from lmm.text.prompts import ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER
 
@@ -101,20 +102,9 @@ class StageMixture:
         return FormatPromptPolicy(active) if active else None
 
 
-def plain_config(node: Any) -> Any:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(node):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return node
-
-
 def mixture_from_cfg(node: Mapping[str, Any]) -> StageMixture:
     """Build a :class:`StageMixture` from a config node (dict or DictConfig); unknown keys are errors."""
-    node = dict(plain_config(node))
+    node = dict(plain(node))
     known = {f.name for f in dataclasses.fields(StageMixture)}
     extra = set(node) - known
     if extra:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmm.common import plain
 from lmm.models.connectors import build_connector
 from lmm.models.hd import build_hd
 from lmm.models.llava import LlavaModel
@@ -12,16 +13,7 @@ from lmm.models.vision import build_vision_tower
 
 
 def _plain(cfg: Any) -> dict:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
+    return dict(plain(cfg) or {})
 
 
 TWIN_KEYS = ("pretrain", "checkpoint")  # a twin block's keys that are not model config (lmm.synth.twin_tower)

@@ -1,12 +1,10 @@
 """What the pretrained twins (:mod:`lmm.synth.twin_tower`, :mod:`lmm.synth.twin_llm`) share: a cache folder per
-key, trained once with the caller's RNG left alone, a plain AdamW loop, and an atomic ``save_pretrained``."""
+key, trained once (atomically) with the caller's RNG left alone, and a plain AdamW loop."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lmm.common import build_once, digest
 from lmm.synth.sources import SYNTH_VERSION
 
 log = logging.getLogger(__name__)
@@ -22,16 +21,18 @@ log = logging.getLogger(__name__)
 def cached_twin(cache_dir: str | Path, kind: str, key: dict[str, Any], seed: int,
                 train: Callable[[Path, dict[str, Any]], Path]) -> Path:
     """The twin described by ``key`` (plus the synthetic data version: the twins learn from the generators'
-    output) in ``cache_dir/kind/<model_type>-<hash>``; if absent, ``train(folder, key)`` makes it, seeded with
-    ``seed`` inside a forked RNG (a run starts alike whether the twin was cached or not)."""
+    output) in ``cache_dir/kind/<model_type>-<hash>``; if absent, ``train(folder, key)`` writes it (atomically,
+    :func:`lmm.common.build_once`), seeded with ``seed`` inside a forked RNG (a run starts alike whether the twin
+    was cached or not)."""
     key = {**key, "synth": SYNTH_VERSION}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / kind / f"{key['model_type']}-{digest}"
-    if (folder / "config.json").exists():
-        return folder
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return train(folder, key)
+    folder = Path(cache_dir) / kind / f"{key['model_type']}-{digest(key)}"
+
+    def build(tmp: Path) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            train(tmp, key)
+
+    return build_once(folder, build, "config.json")
 
 
 def fit(step_loss, params, settings: dict, what: str) -> float:
@@ -53,12 +54,8 @@ def fit(step_loss, params, settings: dict, what: str) -> float:
 
 
 def save_twin(model, folder: Path, key: dict[str, Any], final_loss: float) -> Path:
-    """``save_pretrained`` into ``folder`` atomically (a half-written folder is never found by the cache check),
-    with the key and the final loss in ``lmm_twin_pretrain.json``."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().save_pretrained(str(tmp))
-    (tmp / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": final_loss}, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    """``save_pretrained`` into ``folder`` (the cache's temporary folder), with the key and the final loss in
+    ``lmm_twin_pretrain.json``."""
+    (folder / "lmm_twin_pretrain.json").write_text(json.dumps({**key, "final_loss": final_loss}, indent=1))
+    model.eval().save_pretrained(str(folder))
     return folder

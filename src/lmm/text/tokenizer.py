@@ -7,12 +7,13 @@ cached by a hash of its corpus, so it is trained once.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from lmm.common import build_once, digest
 
 
 def default_cache_dir() -> Path:
@@ -61,9 +62,9 @@ def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 1000, cache_di
     from transformers import AutoTokenizer, LlamaTokenizer
 
     lines = [line for line in corpus if line.strip()]
-    digest = hashlib.sha256(("\n".join(lines) + f"|{vocab_size}").encode()).hexdigest()[:16]
-    folder = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"spm-{vocab_size}-{digest}"
-    if not (folder / "tokenizer_config.json").exists():
+    folder = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"spm-{vocab_size}-{digest([lines, vocab_size], 16)}"
+
+    def build(tmp: Path) -> None:
         import sentencepiece as spm
 
         buf = io.BytesIO()
@@ -73,15 +74,11 @@ def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 1000, cache_di
             remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, character_coverage=1.0,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False,
         )
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "tokenizer.model").write_bytes(buf.getvalue())
         tok = LlamaTokenizer.from_pretrained(str(tmp), legacy=True, add_bos_token=True, add_eos_token=False)
         tok.pad_token = tok.unk_token
         save_tokenizer(tok, tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first
-            pass
+
+    build_once(folder, build, "tokenizer_config.json")
     tok = AutoTokenizer.from_pretrained(str(folder))
     return finalize_tokenizer(tok, model_max_length), folder

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmm.common import plain
 from lmm.data.manifest import MANIFEST_NAME
 from lmm.data.sources import MIX665K_COUNTS, source_counts
 
@@ -62,12 +63,6 @@ class StageData:
     image_share: float
     origin: str
     per_source: dict[str, int] = field(default_factory=dict)
-
-
-def _plain(node: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def find_manifest(data_cfg: dict, stage: str) -> Path | None:
@@ -157,7 +152,7 @@ def config_stats(data_cfg: dict, pre: dict, stage: str, image_tokens: int, max_l
 
 def stage_data(cfg: Any, stage: str, image_tokens: int) -> StageData:
     """Samples and token statistics of ``stage`` (module docstring)."""
-    data_cfg, pre = _plain(cfg.data), _plain(cfg.get("preflight") or {})
+    data_cfg, pre = plain(cfg.data), plain(cfg.get("preflight") or {})
     max_length = int(cfg.model.max_length)
     manifest = find_manifest(data_cfg, stage)
     stats = manifest_stats(manifest, image_tokens, max_length) if manifest is not None else None

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmm.data.mixture import plain_config
+from lmm.common import plain
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,15 @@ class StrategyError(ValueError):
     pass
 
 
-def _plain(spec: Any) -> dict:
+def _spec(spec: Any) -> dict:
     """A strategy spec as a dict: a config node, a dict, a bare name, or None (= auto)."""
     if isinstance(spec, str):
         return {"name": spec}
-    return dict(plain_config(spec) or {"name": "auto"})
+    return dict(plain(spec) or {"name": "auto"})
 
 
 def strategy_name(spec: Any) -> str:
-    name = _plain(spec).get("name", "auto")
+    name = _spec(spec).get("name", "auto")
     if name not in STRATEGIES:
         raise StrategyError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} (conf/strategy)")
     return name
@@ -97,7 +97,7 @@ def llm_hidden_size(model: nn.Module) -> int:
 
 def build_strategy(spec: Any, model: nn.Module, micro_batch_size: int, accelerator: str | None = None):
     """The Lightning strategy (a name or an object) for a stage's ``strategy`` config."""
-    spec = _plain(spec)
+    spec = _spec(spec)
     name = strategy_name(spec)
     if name == "auto":
         return "auto"
@@ -168,7 +168,7 @@ def shard_fsdp(model: nn.Module, mesh, spec: Any) -> int:
     LLM, root); return the number of units. Trainable parameters must already be fp32 (the masters)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    spec = _plain(spec)
+    spec = _spec(spec)
     on_gpu = mesh.device_type == "cuda"
     mp = MixedPrecisionPolicy(param_dtype=_dtype(spec.get("param_dtype"), on_gpu),
                               reduce_dtype=_dtype(spec.get("reduce_dtype", "float32"), on_gpu))

@@ -1,0 +1,50 @@
+"""Two small things every layer needs, kept in one leaf: a config value as plain Python (a Hydra / OmegaConf node
+resolved, anything else as it is), and a cache folder named by a hash of what it depends on, built atomically (a
+half-built folder is never found; processes racing to build it leave one complete copy)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def plain(node: Any) -> Any:
+    """``node`` as plain containers when it is an OmegaConf node (interpolations resolved), else ``node``."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency; plain values need no conversion
+        return node
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def digest(key: Any, length: int = 12) -> str:
+    """A short, stable hash of a JSON-able ``key`` (dict order does not matter)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def build_once(folder: str | Path, build: Callable[[Path], Any], done: str) -> Path:
+    """``folder`` if its ``done`` file exists; else ``build(tmp)`` fills a fresh temporary sibling, which then
+    replaces ``folder`` by a rename (the ``done`` file must be among what ``build`` writes)."""
+    folder = Path(folder)
+    if (folder / done).exists():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    if not (tmp / done).exists():
+        raise RuntimeError(f"building {folder} wrote no {done}")
+    if (folder / done).exists():  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        tmp.rename(folder)
+    except OSError:  # renamed by a racing process in between: its copy is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
