@@ -36,6 +36,26 @@ def best_rate(make_iter, n_expected: int, repeats: int) -> tuple[float, list[str
     return best, ids
 
 
+class LazyJsonDataset:
+    """The baseline: LLaVA's ``LazySupervisedDataset`` (llava/train/train.py) — the JSON list held in memory,
+    each item's image opened from the folder when the item is read, then the same sample processor."""
+
+    def __init__(self, json_path, image_folder, processor):
+        from lmm.data.records import read_records
+
+        self.records, _ = read_records(json_path)
+        self.image_folder, self.processor = Path(image_folder), processor
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        from lmm.data.images import load_image
+
+        rec = self.records[i]
+        return self.processor(rec, [load_image(self.image_folder / rel) for rel in rec.images], "")
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     import torch
     from torch.utils.data import DataLoader
@@ -43,7 +63,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from lmm.data.batch import collate
     from lmm.data.datamodule import build_datamodule
     from lmm.data.images import ImageTransform
-    from lmm.data.llava_json import LlavaJsonDataset
     from lmm.data.processor import SampleProcessor
     from lmm.data.shards import convert
     from lmm.synth import tokenizer_corpus
@@ -79,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dm.set_epoch(next(epoch))
         return dm.train_dataloader()
 
-    lazy = LlavaJsonDataset(data["finetune"], data["images"], proc)
+    lazy = LazyJsonDataset(data["finetune"], data["images"], proc)
 
     def lazy_pass(workers):
         return DataLoader(lazy, batch_size=a.batch, shuffle=True, num_workers=workers,

@@ -1,18 +1,13 @@
 """Records, images and the sample → batch path: bad input gives a clear error naming the sample, or a counted skip."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lmm.data.batch import Skipped, collate
 from lmm.data.images import ImageLoadError, ImageTransform, load_image
-from lmm.data.llava_json import LlavaJsonDataset
-from lmm.data.processor import SampleProcessor
 from lmm.data.records import RecordError, parse_record
-from lmm.text.templates import get_template
 
 
 def rec(sid, conv, image="a.png"):
@@ -94,26 +89,3 @@ def test_image_transform_matches_clip_processor(aspect):
     assert ours.shape == ref.shape == (3, 28, 28)
     assert torch.allclose(ours, ref, atol=2e-2)  # PIL vs torchvision bicubic differ by < 1 grey level
     assert (ours - ref).abs().mean() < 2e-3
-
-
-def test_json_dataset_reports_and_skips(tmp_path, tiny_tokenizer):
-    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
-    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
-    records = [rec("ok", [("human", "<image>\nQ"), ("gpt", "A")]),
-               rec("broken-image", [("human", "<image>\nQ"), ("gpt", "A")], image="bad.png"),
-               rec("no-file", [("human", "<image>\nQ"), ("gpt", "A")], image="missing.png"),
-               *BAD.values()]
-    (tmp_path / "d.json").write_text(json.dumps(records))
-    proc = SampleProcessor(tiny_tokenizer, get_template("vicuna_v1"), ImageTransform(28))
-    ds = LlavaJsonDataset(tmp_path / "d.json", tmp_path, proc, on_error="skip")
-    assert len(ds) == 3 and sum(ds.rejected_counts.values()) == len(BAD)
-    batch = collate([ds[i] for i in range(len(ds))], tiny_tokenizer.pad_token_id)
-    assert batch.ids == ["ok"] and batch.skipped == {"corrupt_image": 1, "missing_image": 1}
-    assert len(ds) + len(ds.rejected) == len(records)  # counts in = out + skipped + rejected
-    with pytest.raises(RecordError, match="invalid record"):
-        LlavaJsonDataset(tmp_path / "d.json", tmp_path, proc, on_error="raise")
-    strict = LlavaJsonDataset.__new__(LlavaJsonDataset)
-    strict.__dict__.update(ds.__dict__, on_error="raise")
-    with pytest.raises(RecordError, match="'broken-image': corrupt_image"):
-        strict[1]
-    assert isinstance(ds[2], Skipped)

@@ -8,7 +8,9 @@ sample id and the reason, which training-time skips count under the same reason 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lmm.text.templates import IMAGE_TOKEN
@@ -106,3 +108,33 @@ def parse_record(raw: Any, index: int | None = None) -> Record:
             human = _move_image_marker(human)
         turns.append((human, gpt))
     return Record(sid, images, turns, raw)
+
+
+def read_records(json_path: str | Path) -> tuple[list[Record], list[RecordError]]:
+    """Parse a LLaVA JSON list (or JSONL) into valid records and the errors of the rejected ones."""
+    path = Path(json_path)
+    text = path.read_text(encoding="utf-8")
+    rejected: list[RecordError] = []
+    if path.suffix == ".jsonl":
+        raw = []
+        for n, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                raw.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                rejected.append(RecordError(f"line {n + 1}", "malformed_json", str(e)))
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(raw, list):
+            raise ValueError(f"{path} must hold a JSON list of LLaVA records")
+    records: list[Record] = []
+    for i, r in enumerate(raw):
+        try:
+            records.append(parse_record(r, i))
+        except RecordError as e:
+            rejected.append(e)
+    return records, rejected

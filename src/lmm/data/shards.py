@@ -34,9 +34,8 @@ from typing import Any
 from PIL import Image, ImageFile
 
 from lmm.data.images import ImageLoadError, to_rgb
-from lmm.data.llava_json import read_records
 from lmm.data.manifest import MANIFEST_NAME, REPORT_NAME, write_manifest
-from lmm.data.records import Record, RecordError, parse_record
+from lmm.data.records import Record, RecordError, parse_record, read_records
 from lmm.data.sources import SourceTagger
 
 FORMAT_VERSION = 1
