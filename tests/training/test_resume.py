@@ -40,7 +40,7 @@ def start_and_signal(run_dir, sig, min_step, *extra):
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         steps = [int(p.stem.split("-")[1]) for p in ckpts.glob("step-*.ckpt")] if ckpts.exists() else []
-        if steps and max(steps) >= min_step:
+        if steps and max(steps) >= min_step and len(steps) <= 2:  # the oldest pruned (keep_last) after a save
             proc.send_signal(sig)
             break
         time.sleep(0.02)

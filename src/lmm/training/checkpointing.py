@@ -107,8 +107,8 @@ def write_json_atomic(data: dict, path: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------------- checkpoint callback
 class StepCheckpoints(L.Callback):
-    """``<dirpath>/step-<N>.ckpt`` (``dirpath`` None: ``<trainer.default_root_dir>/checkpoints``) every ``every_n_steps`` optimizer steps (the newest ``keep_last`` kept), and on
-    SIGTERM (a cluster's pre-emption notice): finish the current optimizer step, write a checkpoint, stop.
+    """``<dirpath>/step-<N>.ckpt`` (``dirpath`` None: ``<trainer.default_root_dir>/checkpoints``) every
+    ``every_n_steps`` optimizer steps (the newest ``keep_last`` kept), and on SIGTERM (a cluster's pre-emption notice): finish the current optimizer step, write a checkpoint, stop.
 
     The SIGTERM handler only records the request (Lightning's own would raise at the next micro-batch, possibly in
     the middle of gradient accumulation); every rank decides at the same optimizer-step boundary, and every rank
