@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui \
+.PHONY: help setup test test-fast test-learning lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui \
 	compare bench-gen bench-data bench-gpu merge-lora export-hf import-hf clean
 
 help: ## Show this help
@@ -21,11 +21,14 @@ setup: ## Create .venv: torch + torchvision pinned first, then the package (dev 
 	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
 	$(VENV)/bin/pip install -q -c $(VENV)/torch-constraints.txt -e '.[dev,deepspeed]'
 
-test: ## Run the whole test suite (slow end-to-end tests included)
-	$(PY) -m pytest -q
+test: ## Run the test suite (end-to-end runs included), all but the long learning proof
+	$(PY) -m pytest -q -m "not learning"
 
 test-fast: ## Run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
+
+test-learning: ## The learning proof: pretrained twins (once per cache), 24K stage-2 samples, scores well above chance
+	$(PY) -m pytest -q -s -m learning
 
 lint: ## Ruff over the package, entry points and tests; import-linter's contracts (pyproject.toml) over src/lmm
 	$(VENV)/bin/ruff check src tests train.py eval.py benchmarks

@@ -20,7 +20,7 @@ import sys
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.learning]
 TRAIN = ["twins=pretrained", "data.twin.n_pretrain=2048", "data.twin.n_finetune=24000", "stages.pretrain.epochs=1",
          "stages.finetune.epochs=1", "stages.finetune.global_batch_size=32", "stages.finetune.micro_batch_size=32",
          "eval.synthetic_benchmarks.n_images=96", "eval.benchmarks=[vqav2,gqa,pope]",
