@@ -87,7 +87,7 @@ def write_llava_wild(b: Build) -> None:
                     "metadata": {},
                 }
             )
-    b.jsonl(f"{LLaVAWild.ROOT}/questions.jsonl", questions)
+    b.jsonl(LLaVAWild.QUESTION_FILE, questions)
     b.jsonl(f"{LLaVAWild.ROOT}/context.jsonl", contexts)
     b.jsonl(f"{LLaVAWild.ROOT}/answers_gpt4.jsonl", answers)
 

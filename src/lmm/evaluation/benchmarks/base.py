@@ -193,9 +193,15 @@ class Benchmark(ABC):
         folder = Path(self.image_folder or self.default_image_folder)
         return folder if folder.is_absolute() else Path(data_root) / folder
 
-    @abstractmethod
+    QUESTION_FILE: ClassVar[str] = ""  # LLaVA's question JSONL under data_root (the loader's --question-file)
+
+    def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
+        """The question file's rows, as LLaVA's model_vqa_loader reads them."""
+        return read_jsonl(Path(data_root) / self.QUESTION_FILE)
+
     def questions(self, data_root: str | Path) -> list[Question]:
         """All questions in the official order."""
+        return loader_questions(self.question_rows(data_root), self.image_dir(data_root))
 
     @abstractmethod
     def metric(self, data_root: str | Path | None = None) -> torchmetrics.Metric:

@@ -25,12 +25,9 @@ from torchmetrics.utilities import dim_zero_cat
 from lmm.evaluation.answers import PredictionsError, index_by
 from lmm.evaluation.benchmarks.base import (
     Benchmark,
-    Question,
     ScoreContext,
     find_file,
-    loader_questions,
     read_json,
-    read_jsonl,
 )
 
 __all__ = ["GQA", "GQAAccuracy", "gqa_prediction", "gqa_steps"]
@@ -133,9 +130,6 @@ class GQA(Benchmark):
         "gqa/data/testdev_balanced_questions.json",
         "gqa/testdev_balanced_questions.json",
     )
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(read_jsonl(Path(data_root) / self.QUESTION_FILE), self.image_dir(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> GQAAccuracy:
         return GQAAccuracy()

@@ -25,9 +25,7 @@ from lmm.evaluation.answers import PredictionsError, index_by
 from lmm.evaluation.benchmarks.base import (
     Benchmark,
     JudgeNotConfiguredError,
-    Question,
     ScoreContext,
-    loader_questions,
     read_jsonl,
 )
 
@@ -109,11 +107,7 @@ class LLaVAWild(Benchmark):
 
     default_image_folder: ClassVar[str] = "llava-bench-in-the-wild/images"
     ROOT: ClassVar[str] = "llava-bench-in-the-wild"
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(
-            read_jsonl(Path(data_root) / self.ROOT / "questions.jsonl"), self.image_dir(data_root)
-        )
+    QUESTION_FILE: ClassVar[str] = "llava-bench-in-the-wild/questions.jsonl"
 
     def metric(self, data_root: str | Path | None = None) -> LLaVAWildScore:
         return LLaVAWildScore()
@@ -124,7 +118,7 @@ class LLaVAWild(Benchmark):
                 "skipped: no judge configured — pass review files (--judgments reviews/<model>-eval1.jsonl ...) "
                 "or produce them with `python -m lmm.evaluation judge llava_wild ...`"
             )
-        question_file = data_root / self.ROOT / "questions.jsonl"
+        question_file = data_root / self.QUESTION_FILE
         question_ids = (
             [row["question_id"] for row in read_jsonl(question_file)] if question_file.is_file() else None
         )

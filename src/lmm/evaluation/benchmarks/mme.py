@@ -25,9 +25,7 @@ from lmm.evaluation.answers import PredictionsError
 from lmm.evaluation.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
-    Question,
     ScoreContext,
-    loader_questions,
     read_jsonl,
     stable_id,
 )
@@ -147,9 +145,6 @@ class MME(Benchmark):
     default_image_folder: ClassVar[str] = "MME/MME_Benchmark_release_version"
     QUESTION_FILE: ClassVar[str] = "MME/llava_mme.jsonl"
     GT_DIR: ClassVar[str] = "MME/MME_Benchmark_release_version"
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(read_jsonl(Path(data_root) / self.QUESTION_FILE), self.image_dir(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> MMEMetric:
         return MMEMetric()

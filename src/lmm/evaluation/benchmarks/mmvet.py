@@ -25,9 +25,7 @@ from lmm.evaluation.answers import PredictionsError
 from lmm.evaluation.benchmarks.base import (
     Benchmark,
     JudgeNotConfiguredError,
-    Question,
     ScoreContext,
-    loader_questions,
     read_json,
     read_jsonl,
 )
@@ -124,9 +122,6 @@ class MMVet(Benchmark):
     default_image_folder: ClassVar[str] = "mm-vet/images"
     QUESTION_FILE: ClassVar[str] = "mm-vet/llava-mm-vet.jsonl"
     METADATA: ClassVar[str] = "mm-vet/mm-vet.json"
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(read_jsonl(Path(data_root) / self.QUESTION_FILE), self.image_dir(data_root))
 
     def metadata(self, data_root: str | Path) -> dict[str, dict[str, Any]]:
         """``mm-vet.json``: per sample key, the question, the ground truth and the capabilities."""

@@ -23,9 +23,7 @@ from lmm.evaluation.answers import PredictionsError, index_by
 from lmm.evaluation.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
-    Question,
     ScoreContext,
-    loader_questions,
     read_jsonl,
 )
 
@@ -106,9 +104,6 @@ class POPE(Benchmark):
     default_image_folder: ClassVar[str] = "pope/val2014"
     QUESTION_FILE: ClassVar[str] = "pope/llava_pope_test.jsonl"
     LABEL_DIR: ClassVar[str] = "pope/coco"
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(read_jsonl(Path(data_root) / self.QUESTION_FILE), self.image_dir(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> POPEMetric:
         return POPEMetric()

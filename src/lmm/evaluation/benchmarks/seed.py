@@ -23,11 +23,8 @@ import torchmetrics
 from lmm.evaluation.answers import PredictionsError, index_by
 from lmm.evaluation.benchmarks.base import (
     Benchmark,
-    Question,
     ScoreContext,
-    loader_questions,
     read_json,
-    read_jsonl,
 )
 
 __all__ = ["SEED", "SEEDAccuracy", "convert_seed_for_submission"]
@@ -113,9 +110,6 @@ class SEED(Benchmark):
     default_image_folder: ClassVar[str] = "seed_bench"
     QUESTION_FILE: ClassVar[str] = "seed_bench/llava-seed-bench.jsonl"
     GT_FILE: ClassVar[str] = "seed_bench/SEED-Bench.json"
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(read_jsonl(Path(data_root) / self.QUESTION_FILE), self.image_dir(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> SEEDAccuracy:
         if data_root is None:

@@ -20,9 +20,7 @@ from typing import Any, ClassVar
 from lmm.evaluation.answers import PredictionsError
 from lmm.evaluation.benchmarks.base import (
     Benchmark,
-    Question,
     ScoreContext,
-    loader_questions,
     read_json,
     read_jsonl,
 )
@@ -58,9 +56,6 @@ class TextVQA(Benchmark):
     default_image_folder: ClassVar[str] = "textvqa/train_images"
     QUESTION_FILE: ClassVar[str] = "textvqa/llava_textvqa_val_v051_ocr.jsonl"
     ANNOTATIONS: ClassVar[str] = "textvqa/TextVQA_0.5.1_val.json"
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(read_jsonl(Path(data_root) / self.QUESTION_FILE), self.image_dir(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> TextVQAAccuracy:
         return TextVQAAccuracy()

@@ -20,9 +20,7 @@ from lmm.evaluation.benchmarks.base import (
     SHORT_ANSWER_SUFFIX,
     Benchmark,
     BenchmarkDataError,
-    Question,
     ScoreContext,
-    loader_questions,
     read_json,
     read_jsonl,
 )
@@ -70,9 +68,6 @@ class VizWiz(SplitFiles, Benchmark):
             {"question_id": i, "image": item["image"], "text": item["question"] + VIZWIZ_SUFFIX}
             for i, item in enumerate(read_json(data_root / self.VAL_ANNOTATIONS))
         ]
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(self.question_rows(data_root), self.image_dir(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> VizWizAccuracy:
         return VizWizAccuracy()

@@ -27,9 +27,7 @@ from lmm.evaluation.benchmarks.base import (
     SHORT_ANSWER_SUFFIX,
     Benchmark,
     BenchmarkDataError,
-    Question,
     ScoreContext,
-    loader_questions,
     read_json,
     read_jsonl,
 )
@@ -73,7 +71,8 @@ class VQAv2(SplitFiles, Benchmark):
     VAL_ANNOTATIONS: ClassVar[str] = "vqav2/v2_mscoco_val2014_annotations.json"
     TEST_QUESTIONS: ClassVar[str] = "vqav2/llava_vqav2_mscoco_test2015.jsonl"
 
-    def _question_rows(self, data_root: Path) -> list[dict[str, Any]]:
+    def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
+        data_root = Path(data_root)
         path = data_root / self.QUESTION_FILES[self.split]
         if path.is_file() or self.split != "val":
             return read_jsonl(path)
@@ -86,9 +85,6 @@ class VQAv2(SplitFiles, Benchmark):
             }
             for q in official["questions"]
         ]
-
-    def questions(self, data_root: str | Path) -> list[Question]:
-        return loader_questions(self._question_rows(Path(data_root)), self.image_dir(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> VQAv2Accuracy:
         """Per-question-type accuracy needs the type list of the annotation file (when there is one)."""
@@ -115,7 +111,7 @@ class VQAv2(SplitFiles, Benchmark):
         annotations = {
             a["question_id"]: a for a in _annotation_list(read_json(self._annotation_path(data_root)))
         }
-        rows = self._question_rows(data_root)
+        rows = self.question_rows(data_root)
         texts, duplicates = index_by(records, lambda r: r["question_id"])
         ctx.duplicates(duplicates)
         known = {row["question_id"] for row in rows}
