@@ -100,14 +100,13 @@ def test_tiny_twins_keep_relative_sizes():
 def test_every_experiment_runs_at_tiny_scale(name, tmp_path):
     """Plumbing: two steps per stage, random twins (the default ``twins=random``); the pretrained twins are the
     same code for every backbone config (synth/test_twins) and are trained end to end by the learning test."""
-    from lmm.synth.world import prepare_training
-    from lmm.training.run import run_training
+    from lmm.pipeline import train
 
     cfg = cfg_of(name, f"paths.output_dir={tmp_path}",
                  "data.twin.n_pretrain=16", "data.twin.n_finetune=48", "stages.pretrain.max_steps=2",
                  "stages.finetune.max_steps=2", "eval.benchmarks=[gqa]", "trainer.enable_progress_bar=false",
                  scale="tiny")
-    result = run_training(prepare_training(cfg))
+    result = train(cfg)
     assert set(result["stages"]) == {"pretrain", "finetune"}
     assert result["stages"]["finetune"]["steps"] == 2
     assert "score" in result["eval"]["results"]["gqa"]
