@@ -1,5 +1,7 @@
-"""The small test world (``data=synthetic_shards``): the twin world's scenes (:mod:`lmm.synth.scenes`), written as
-LLaVA-format JSON + images with short ids (``cap-``, ``vqa-``, ``conv-``, ``text-``) for the ``synthetic`` rules.
+"""The small test world (``data=synthetic_shards``): one or two shapes (colours and words of
+:mod:`lmm.synth.scenes`), written as LLaVA-format JSON + images with short ids (``cap-``, ``vqa-``, ``conv-``,
+``text-``) for the ``synthetic`` rules. Its text is part of the tiny tokenizer's corpus, so its scene maker stays
+as it is: a change would change the tokenizer, and with it every pretrained twin.
 
 Every answer is derivable from the pixels, so a tiny model can learn it. Stage 1 gets LCS-558K-like captions;
 stage 2 gets a 665K-like mixture: multi-turn short-answer VQA with LLaVA's response-format prompt, free-form
@@ -10,15 +12,68 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from lmm.synth.scenes import NUMBER_WORDS, SHAPES, Scene, make_scene, render
+from PIL import Image, ImageDraw
+
+from lmm.synth.scenes import COLORS, NUMBER_WORDS, SHAPES
 from lmm.text.prompts import OPTION_LETTER, SHORT_ANSWER
 from lmm.text.templates import TEMPLATES
 
+SIDES = ("left", "right")
 CAPTION_PROMPTS = ("Describe the image concisely.", "Give a brief description of the picture.",
                    "Summarize the visual content of the image.", "Write a short caption for the photo.")
-RENDER_VERSION = 3  # part of the cache key: bump when rendering or text generation changes
+RENDER_VERSION = 2  # part of the cache key: bump when rendering or text generation changes
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    color: str
+    side: str
+
+    def phrase(self) -> str:
+        return f"a {self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...]
+    background: tuple[int, int, int]
+
+    def caption(self) -> str:
+        parts = [f"{o.phrase()} on the {o.side}" for o in self.objects]
+        return (" and ".join(parts)).capitalize() + "."
+
+
+def make_scene(rng: random.Random) -> Scene:
+    n = rng.choice((1, 2))
+    sides = rng.sample(SIDES, n)
+    shapes = rng.sample(SHAPES, n)
+    objs = tuple(Obj(shapes[k], rng.choice(list(COLORS)), sides[k]) for k in range(n))
+    grey = rng.randint(200, 250)
+    return Scene(objs, (grey, grey, grey))
+
+
+def render(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Image.Image:
+    rng = rng or random.Random(0)
+    img = Image.new("RGB", (size, size), scene.background)
+    draw = ImageDraw.Draw(img)
+    for o in scene.objects:
+        half = size // 2
+        r = int(size * rng.uniform(0.17, 0.23))
+        cx = (half // 2 if o.side == "left" else half + half // 2) + rng.randint(-size // 32, size // 32)
+        cy = half + rng.randint(-size // 10, size // 10)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        fill = COLORS[o.color]
+        if o.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif o.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return img
 
 
 def vqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
@@ -69,10 +124,10 @@ def write_synthetic(root: str | Path, n_pretrain: int = 256, n_finetune: int = 2
     paths["images"].mkdir(parents=True, exist_ok=True)
 
     def new_image(tag: str, k: int) -> tuple[str, Scene]:
-        scene = make_scene(rng, max_objects=2)
+        scene = make_scene(rng)
         rel = f"{tag}/{k:06d}.png"
         (paths["images"] / tag).mkdir(exist_ok=True)
-        render(scene, image_size).save(paths["images"] / rel)
+        render(scene, image_size, rng).save(paths["images"] / rel)
         return rel, scene
 
     pretrain = []
@@ -105,7 +160,7 @@ def tokenizer_corpus(seed: int = 0, n: int = 2000) -> list[str]:
     lines += [SHORT_ANSWER, OPTION_LETTER,
               "USER: ASSISTANT: [INST] [/INST] <<SYS>> <</SYS>>", *CAPTION_PROMPTS, "What is in the image? There is"]
     for _ in range(n):
-        scene = make_scene(rng, max_objects=2)
+        scene = make_scene(rng)
         lines.append(scene.caption())
         lines += [f"{q} {a}" for q, a in vqa_pairs(scene, rng)]
         lines.append(" ".join(text_only_pair(rng)))
