@@ -36,3 +36,25 @@ def tiny_model(tiny_tokenizer):
 
     torch.manual_seed(0)
     return build_llava(TINY_VISION, {"name": "mlp2x_gelu"}, TINY_LLM, 512, tiny_tokenizer)
+
+
+def compose_train(*overrides, scale="tiny"):
+    """The composed `train.py` config (as Hydra would build it) for in-process runs; give `paths.output_dir`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"scale={scale}", f"paths.root_dir={REPO}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """`python train.py` with no overrides (both stages, evaluation on the 12 synthetic benchmarks), run once per
+    session and shared by the tests that check a finished run: (run folder, completed process)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("default_run")
+    res = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return out, res

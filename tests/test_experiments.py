@@ -108,6 +108,10 @@ def test_every_experiment_runs_at_tiny_scale(name, tmp_path):
                  scale="tiny")
     result = train(cfg)
     assert set(result["stages"]) == {"pretrain", "finetune"}
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=result["tracking_uri"]).get_run(result["stages"]["finetune"]["mlflow_run_id"])
+    assert run.data.params["model.connector.name"] == cfg.model.connector.name  # linear (row 0), qformer, mlp2x
     assert result["stages"]["finetune"]["steps"] == 2
     assert "score" in result["eval"]["results"]["gqa"]
 

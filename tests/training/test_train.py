@@ -1,11 +1,14 @@
-"""End to end: `python train.py` on the tiny twin, both stages, MLflow tracking, connector variants, the guard."""
+"""End to end: `python train.py` on the tiny twin (both stages, MLflow tracking), a timm tower with a connector file
+handed between runs, the masked-sample guard, benchmarks during training (the last three in-process)."""
 
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, compose_train
+
+from lmm.pipeline import train as run_pipeline
 
 pytestmark = pytest.mark.slow
 FAST = ["data.twin.n_pretrain=32", "data.twin.n_finetune=64", "stages.pretrain.epochs=1", "stages.finetune.epochs=1",
@@ -28,8 +31,8 @@ def runs(tmp_path):
     return client, {r.data.tags["stage"]: r for r in client.search_runs([exp.experiment_id]) if "stage" in r.data.tags}
 
 
-def test_default_run_trains_both_stages_and_tracks(tmp_path):
-    res = train(tmp_path)
+def test_default_run_trains_both_stages_and_tracks(default_run):
+    tmp_path, res = default_run
     assert "MLflow store: sqlite:///" in res.stdout and "checkpoint:" in res.stdout
     client, by_stage = runs(tmp_path)
     assert set(by_stage) == {"pretrain", "finetune"}
@@ -52,31 +55,30 @@ def test_default_run_trains_both_stages_and_tracks(tmp_path):
     assert (tmp_path / "finetune" / "model" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("connector", ["linear", "qformer"])
-def test_connector_variants_run(tmp_path, connector):
-    train(tmp_path, f"model/connector={connector}", *FAST)
-    _, by_stage = runs(tmp_path)
-    assert by_stage["finetune"].data.params["model.connector.name"] == connector
+def in_process(tmp_path, *overrides):
+    """`train.py` in this process (the composed config through lmm.pipeline.train)."""
+    return run_pipeline(compose_train(f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false", *overrides))
 
 
 def test_timm_tower_and_connector_file_handoff(tmp_path):
-    train(tmp_path / "a", "model/vision=timm_vit_l14_clip_336", "run_stages=[pretrain]", *FAST)
+    in_process(tmp_path / "a", "model/vision=timm_vit_l14_clip_336", "run_stages=[pretrain]", *FAST)
     conn = tmp_path / "a" / "pretrain" / "connector.safetensors"
-    train(tmp_path / "b", "model/vision=timm_vit_l14_clip_336", "run_stages=[finetune]",
-          f"stages.finetune.init_connector={conn}", *FAST)
+    result = in_process(tmp_path / "b", "model/vision=timm_vit_l14_clip_336", "run_stages=[finetune]",
+                        f"stages.finetune.init_connector={conn}", *FAST)
+    assert result["stages"]["finetune"]["steps"] > 0 and (tmp_path / "b" / "finetune" / "model").is_dir()
 
 
 def test_all_masked_guard_stops_the_run(tmp_path):
-    res = train(tmp_path, "model.max_length=40", "run_stages=[finetune]", "stages.finetune.allow_random_connector=true",
-                "data.masked_min_samples=8", *FAST,
-                check=False)
-    assert res.returncode != 0
-    assert "have every label masked" in res.stderr + res.stdout
+    from lmm.training.callbacks import MaskedSampleError
+
+    with pytest.raises(MaskedSampleError, match="have every label masked"):
+        in_process(tmp_path, "model.max_length=40", "run_stages=[finetune]",
+                   "stages.finetune.allow_random_connector=true", "data.masked_min_samples=8", *FAST)
 
 
 def test_benchmarks_scored_during_training(tmp_path):
-    train(tmp_path, "data.twin.n_pretrain=32", "data.twin.n_finetune=64", "stages.pretrain.epochs=1",
-          "stages.finetune.epochs=2", "eval.during_training.enabled=true", "eval.after_training=false")
+    in_process(tmp_path, "data.twin.n_pretrain=32", "data.twin.n_finetune=64", "stages.pretrain.epochs=1",
+               "stages.finetune.epochs=2", "eval.during_training.enabled=true", "eval.after_training=false")
     client, by_stage = runs(tmp_path)
     run_id = by_stage["finetune"].info.run_id
     for bench in ("gqa", "pope"):
