@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lmm.text.templates import IMAGE_TOKEN
@@ -68,6 +68,10 @@ def parse_record(raw: Any, index: int | None = None) -> Record:
         images = list(image)
     else:
         raise RecordError(sid, "malformed_record", f"'image' must be a path or a list of paths, got {image!r}")
+    for path in images:
+        parts = PurePosixPath(path.replace("\\", "/")).parts
+        if path.startswith(("/", "\\")) or ".." in parts or (parts and parts[0].endswith(":")):
+            raise RecordError(sid, "unsafe_image_path", f"{path!r} points outside the image folder (absolute or '..')")
 
     roles, values = [], []
     for k, turn in enumerate(conv):

@@ -107,6 +107,8 @@ def _write_shard(job: tuple[int, list[tuple[str, dict, str]]]) -> dict:
             try:
                 blobs = []
                 for rel in record.images:
+                    if folder is not None and not (folder / rel).resolve().is_relative_to(folder.resolve()):
+                        raise ImageLoadError("unsafe_image_path", f"{folder / rel} resolves outside {folder} (a link)")
                     if folder is None or not (folder / rel).is_file():
                         raise ImageLoadError("missing_image", f"no file at {folder / rel if folder else rel}")
                     try:
