@@ -74,7 +74,7 @@ def write_fixture(root):
 REJECTED = {
     "missing_image": ["missing-img"], "corrupt_image": ["corrupt-img", "truncated-img"],
     "more_image_markers_than_images": ["more-markers"], "roles_not_alternating": ["roles"],
-    "first_turn_not_human": ["gpt-first"], "empty_conversation": ["empty-conv"], "empty_reply": ["empty-reply"],
+    "ends_with_human_turn": ["gpt-first"], "empty_conversation": ["empty-conv"], "empty_reply": ["empty-reply"],
     "malformed_json": ["line 12"], "malformed_record": ["#11", "no-conversations"], "unknown_source": ["unknown-source"],
 }
 TRAINED = {"good-img", "good-text", "over-long", *NON_RGB}

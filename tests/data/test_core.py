@@ -19,7 +19,7 @@ def rec(sid, conv, image="a.png"):
 
 BAD = {
     "more_image_markers_than_images": rec("m", [("human", "<image>\n<image> Q"), ("gpt", "A")]),
-    "first_turn_not_human": rec("f", [("gpt", "A"), ("human", "<image>\nQ")]),
+    "ends_with_human_turn": rec("f", [("gpt", "A"), ("human", "<image>\nQ")]),  # the leading reply dropped first
     "empty_reply": rec("e", [("human", "<image>\nQ"), ("gpt", "  ")]),
     "roles_not_alternating": rec("r", [("human", "<image>\nQ"), ("human", "Q2")]),
     "empty_conversation": rec("c", []),
@@ -33,6 +33,12 @@ def test_bad_records_name_the_sample(reason):
         parse_record(BAD[reason], 0)
     assert e.value.reason == reason and e.value.sample_id == BAD[reason]["id"]
     assert repr(BAD[reason]["id"]) in str(e.value)
+
+
+def test_a_leading_assistant_turn_is_dropped_as_llava_does_and_noted():
+    r = parse_record(rec("g", [("gpt", "Hello!"), ("human", "<image>\nQ"), ("gpt", "A")]))
+    assert r.turns == [("<image>\nQ", "A")] and r.normalised == ["dropped_leading_assistant_turn"]
+    assert parse_record(rec("h", [("human", "<image>\nQ"), ("gpt", "A")])).normalised == []
 
 
 def test_malformed_record_without_id():

@@ -33,6 +33,7 @@ class Record:
     images: list[str]
     turns: list[tuple[str, str]]  # (human, gpt) pairs; "<image>\n" leads the turn that carries the image
     raw: dict = field(default_factory=dict, repr=False)
+    normalised: list[str] = field(default_factory=list)  # what was changed as LLaVA's preprocess changes it
 
     @property
     def has_image(self) -> bool:
@@ -85,8 +86,12 @@ def parse_record(raw: Any, index: int | None = None) -> Record:
         else:
             raise RecordError(sid, "malformed_record", f"turn {k} has unknown role {turn.get('from')!r}")
         values.append(turn["value"])
-    if roles[0] != "human":
-        raise RecordError(sid, "first_turn_not_human", f"the first turn is from {conv[0].get('from')!r}")
+    normalised = []
+    if roles[0] != "human":  # LLaVA's preprocess_* drops a first turn that is not the human's ("Skip the first one")
+        roles, values, conv = roles[1:], values[1:], conv[1:]
+        normalised.append("dropped_leading_assistant_turn")
+        if not roles:
+            raise RecordError(sid, "empty_conversation", "only an assistant turn")
     for k, role in enumerate(roles):
         if role != ("human" if k % 2 == 0 else "gpt"):
             raise RecordError(sid, "roles_not_alternating", f"turn {k} is from {conv[k].get('from')!r}")
@@ -111,7 +116,7 @@ def parse_record(raw: Any, index: int | None = None) -> Record:
         if human.count(IMAGE_TOKEN) == 1:
             human = _move_image_marker(human)
         turns.append((human, gpt))
-    return Record(sid, images, turns, raw)
+    return Record(sid, images, turns, raw, normalised)
 
 
 def read_records(json_path: str | Path) -> tuple[list[Record], list[RecordError]]:

@@ -233,6 +233,7 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
         "empty_shards": [p["shard"] for p in parts if not p["rows"]],
         "per_source": dict(sorted(Counter(r["source"] for r in rows).items())),
         "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejected).items())),
+        "normalised": dict(sorted(Counter(n for r in records for n in r.normalised).items())),
         "rejected_samples": rejected,
         "over_length": [i for p in parts for i in p["over_length"]],
         "seconds": round(time.perf_counter() - t0, 3),
@@ -256,6 +257,9 @@ def format_report(report: dict, out: str | Path, max_listed: int = 50) -> str:
     if report["over_length"]:
         lines.append(f"  longer than max_length after the image splice (kept, truncated in training): "
                      f"{len(report['over_length'])}: {report['over_length'][:10]}")
+    if report.get("normalised"):
+        lines.append("  normalised as LLaVA's preprocess (kept): "
+                     + ", ".join(f"{r} {n}" for r, n in report["normalised"].items()))
     lines.append(f"  rejected {report['rejected']}: "
                  + (", ".join(f"{r} {n}" for r, n in report["rejected_by_reason"].items()) or "none"))
     for r in report["rejected_samples"][:max_listed]:
