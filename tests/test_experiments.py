@@ -123,3 +123,25 @@ def test_twins_group_decides_what_is_pretrained(name):
     rnd, pre = cfg_of(name, scale="tiny"), cfg_of(name, "twins=pretrained", scale="tiny")
     assert rnd.model.llm.twin.pretrain is None and rnd.model.vision.twin.pretrain is None
     assert pre.model.llm.twin.pretrain.steps == 1000 and pre.model.vision.twin.pretrain.steps == 800
+
+
+def test_one_conversion_serves_every_experiment(tmp_path):
+    """Shards depend on the data alone (JSON, image folder, source rules), never on the model: rows 0–9, HD, the
+    Q-Former and LoRA at tiny scale stream the same two shard folders (stage 1, stage 2)."""
+    from lmm.data.datamodule import build_datamodule
+    from lmm.data.images import ImageTransform
+    from lmm.data.processor import SampleProcessor
+    from lmm.synth.world import prepare_training
+    from lmm.text.templates import get_template
+    from lmm.training.components import build_tokenizer
+
+    folders = {"pretrain": set(), "finetune": set()}
+    names = [n for n in EXPERIMENTS if n.startswith("row") or "hd" in n or "lora" in n or n == "qformer"]
+    for name in names:
+        cfg = prepare_training(cfg_of(name, f"paths.output_dir={tmp_path}", "data.twin.n_pretrain=16",
+                                      "data.twin.n_finetune=48", scale="tiny"))
+        tok = build_tokenizer(cfg)
+        for stage in folders:
+            proc = SampleProcessor(tok, get_template(cfg.stages[stage].template), ImageTransform(28))
+            folders[stage].add(build_datamodule(cfg.data, stage, proc, 4, 1, tok.pad_token_id, 0).shard_dir)
+    assert len(names) == 16 and all(len(f) == 1 for f in folders.values()), folders

@@ -176,21 +176,19 @@ class ShardDataModule(L.LightningDataModule):
     @property
     def shard_dir(self) -> Path:
         """The configured shard folder, or the cache folder of an on-demand conversion: named by a hash of the
-        source JSON (path, size, mtime) and the conversion options, so a changed input or option converts anew."""
+        source JSON (path, size, mtime), the image folder and the conversion options (source rules, shard size,
+        verification) — nothing of the model (tokenizer, template, image tokens, max_length): one conversion of a
+        data set serves every experiment; token lengths are counted at load time."""
         if self._shard_dir is not None:
             return self._shard_dir
         m, src = self.mixture, Path(self.mixture.json)
         stat = src.stat() if src.is_file() else None
         key = [str(src.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, m.image_folder, m.rules,
-               m.unknown_source, m.shard_size, m.verify_images, self._token_options()]
+               m.unknown_source, m.shard_size, m.verify_images]
         folder = self.cache_dir / "shards" / f"{self.stage_name}-{_digest(key, 6)}"
         if stat is not None:  # before the JSON exists (a twin not yet written) the name is provisional
             self._shard_dir = folder
         return folder
-
-    def _token_options(self) -> dict:
-        return {"tokenizer": getattr(self.processor.tokenizer, "name_or_path", None), "max_length": self.max_length,
-                "template": self.processor.template.name, "image_tokens": self.num_image_tokens}
 
     def prepare_data(self) -> None:
         """Convert the stage's JSON into shards (idempotent)."""
@@ -198,9 +196,7 @@ class ShardDataModule(L.LightningDataModule):
             return
         m = self.mixture
         convert(m.json, m.image_folder, self.shard_dir, workers=m.convert_workers, shard_size=m.shard_size,
-                rules=m.rules, unknown_source=m.unknown_source, tokenizer=self.processor.tokenizer,
-                template=self.processor.template, verify_images=m.verify_images,
-                num_image_tokens=self.num_image_tokens, max_length=self.max_length, echo=log.info)
+                rules=m.rules, unknown_source=m.unknown_source, verify_images=m.verify_images, echo=log.info)
 
     def setup(self, stage: str | None = None) -> None:
         if self.manifest is not None:
