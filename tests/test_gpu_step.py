@@ -6,9 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow  # a subprocess running the benchmark script
 def test_toy_gpu_step_runs_on_cpu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "PYTHONPATH": str(REPO / "src")}

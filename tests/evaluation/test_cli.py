@@ -180,6 +180,7 @@ def test_convert(capsys, tmp_path, write_jsonl, make_answer):
     assert code == 2 and "no prediction" in err
 
 
+@pytest.mark.slow  # a subprocess: `python -m lmm.evaluation`
 def test_module_entry_point(eval_samples):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true")
     proc = subprocess.run(

@@ -186,6 +186,7 @@ def test_cli_without_runs_fails_clearly(tmp_path):
     assert not (tmp_path / "out" / "report.md").exists()
 
 
+@pytest.mark.slow  # executes the notebook in a kernel
 def test_notebook_runs(store_root, tmp_path):
     import nbformat
     from nbclient import NotebookClient
