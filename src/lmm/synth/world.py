@@ -54,9 +54,13 @@ def prepare_training(cfg: DictConfig) -> DictConfig:
         if spec:
             write_twin(spec)
         if cfg.model.twin:
-            tokenizer = _tokenizer(cfg)
-            _pretrained_twin(cfg, "vision", lambda v: _tower(v, cfg))
-            _pretrained_twin(cfg, "llm", lambda m: _llm(m, tokenizer, cfg))
+            from lmm.synth.twin_llm import pretrain_twin_llm
+            from lmm.synth.twin_tower import pretrain_twin_tower
+
+            tokenizer, cache = _tokenizer(cfg), cfg.paths.cache_dir
+            _pretrained_twin(cfg, "vision", lambda v: pretrain_twin_tower(v, cache))
+            _pretrained_twin(cfg, "llm", lambda m: pretrain_twin_llm(
+                m, tokenizer, m.get("chat_template") or "vicuna_v1", cache))
         during = (cfg.get("eval") or {}).get("during_training") or {}
         if during.get("enabled") and "finetune" in cfg.run_stages:
             _benchmarks(cfg.eval, list(during.benchmarks))
@@ -97,15 +101,3 @@ def _pretrained_twin(cfg: DictConfig, part: str, pretrain) -> None:
     if twin.get("pretrain") is not None and not twin.get("checkpoint"):
         with open_dict(cfg):
             cfg.model[part].twin.checkpoint = str(pretrain(conf))
-
-
-def _tower(vision: dict, cfg: DictConfig) -> Path:
-    from lmm.synth.twin_tower import pretrain_twin_tower
-
-    return pretrain_twin_tower(vision, cfg.paths.cache_dir)
-
-
-def _llm(llm: dict, tokenizer, cfg: DictConfig) -> Path:
-    from lmm.synth.twin_llm import pretrain_twin_llm
-
-    return pretrain_twin_llm(llm, tokenizer, llm.get("chat_template") or "vicuna_v1", cfg.paths.cache_dir)

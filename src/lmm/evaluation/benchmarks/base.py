@@ -193,6 +193,7 @@ class Benchmark(ABC):
         folder = Path(self.image_folder or self.default_image_folder)
         return folder if folder.is_absolute() else Path(data_root) / folder
 
+    METRIC: ClassVar[type[torchmetrics.Metric]]  # the benchmark's metric, made by metric()
     QUESTION_FILE: ClassVar[str] = ""  # LLaVA's question JSONL under data_root (the loader's --question-file)
 
     def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
@@ -203,9 +204,9 @@ class Benchmark(ABC):
         """All questions in the official order."""
         return loader_questions(self.question_rows(data_root), self.image_dir(data_root))
 
-    @abstractmethod
     def metric(self, data_root: str | Path | None = None) -> torchmetrics.Metric:
-        """A fresh metric; ``data_root`` supplies dataset metadata (category names, …) where needed."""
+        """A fresh metric (``METRIC()``); ``data_root`` supplies dataset metadata (category names, …) where needed."""
+        return self.METRIC()
 
     def score(
         self,

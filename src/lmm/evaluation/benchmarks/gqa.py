@@ -124,15 +124,13 @@ class GQAAccuracy(torchmetrics.Metric):
 @dataclass(frozen=True)
 class GQA(Benchmark):
     name: str = "gqa"
+    METRIC: ClassVar[type[GQAAccuracy]] = GQAAccuracy
     default_image_folder: ClassVar[str] = "gqa/data/images"
     QUESTION_FILE: ClassVar[str] = "gqa/llava_gqa_testdev_balanced.jsonl"
     GT_FILES: ClassVar[tuple[str, ...]] = (
         "gqa/data/testdev_balanced_questions.json",
         "gqa/testdev_balanced_questions.json",
     )
-
-    def metric(self, data_root: str | Path | None = None) -> GQAAccuracy:
-        return GQAAccuracy()
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:
         gt = read_json(

@@ -102,15 +102,13 @@ class LLaVAWildScore(torchmetrics.Metric):
 @dataclass(frozen=True)
 class LLaVAWild(Benchmark):
     name: str = "llava_wild"
+    METRIC: ClassVar[type[LLaVAWildScore]] = LLaVAWildScore
     max_new_tokens: int = 1024
     needs_judge: bool = True
 
     default_image_folder: ClassVar[str] = "llava-bench-in-the-wild/images"
     ROOT: ClassVar[str] = "llava-bench-in-the-wild"
     QUESTION_FILE: ClassVar[str] = "llava-bench-in-the-wild/questions.jsonl"
-
-    def metric(self, data_root: str | Path | None = None) -> LLaVAWildScore:
-        return LLaVAWildScore()
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:
         if not judgments:

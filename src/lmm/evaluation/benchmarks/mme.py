@@ -142,12 +142,10 @@ class MMEMetric(torchmetrics.Metric):
 @dataclass(frozen=True)
 class MME(Benchmark):
     name: str = "mme"
+    METRIC: ClassVar[type[MMEMetric]] = MMEMetric
     default_image_folder: ClassVar[str] = "MME/MME_Benchmark_release_version"
     QUESTION_FILE: ClassVar[str] = "MME/llava_mme.jsonl"
     GT_DIR: ClassVar[str] = "MME/MME_Benchmark_release_version"
-
-    def metric(self, data_root: str | Path | None = None) -> MMEMetric:
-        return MMEMetric()
 
     @staticmethod
     def ground_truth(release_dir: Path) -> dict[tuple[str, str, str], str]:

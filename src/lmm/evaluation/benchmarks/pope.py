@@ -101,12 +101,10 @@ class POPEMetric(torchmetrics.Metric):
 @dataclass(frozen=True)
 class POPE(Benchmark):
     name: str = "pope"
+    METRIC: ClassVar[type[POPEMetric]] = POPEMetric
     default_image_folder: ClassVar[str] = "pope/val2014"
     QUESTION_FILE: ClassVar[str] = "pope/llava_pope_test.jsonl"
     LABEL_DIR: ClassVar[str] = "pope/coco"
-
-    def metric(self, data_root: str | Path | None = None) -> POPEMetric:
-        return POPEMetric()
 
     def _labels(self, data_root: Path, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """Label records per category, checked against the question file (count and question text)."""

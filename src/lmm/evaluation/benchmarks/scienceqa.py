@@ -92,6 +92,7 @@ class ScienceQAAccuracy(torchmetrics.Metric):
 @dataclass(frozen=True)
 class ScienceQA(Benchmark):
     name: str = "scienceqa"
+    METRIC: ClassVar[type[ScienceQAAccuracy]] = ScienceQAAccuracy
     max_new_tokens: int = 1024
     split: str = "test"
 
@@ -113,9 +114,6 @@ class ScienceQA(Benchmark):
                 )
             )
         return result
-
-    def metric(self, data_root: str | Path | None = None) -> ScienceQAAccuracy:
-        return ScienceQAAccuracy()
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:
         split_ids = read_json(data_root / "scienceqa/pid_splits.json")[self.split]

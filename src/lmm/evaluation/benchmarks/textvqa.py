@@ -53,12 +53,10 @@ def textvqa_question_from_prompt(prompt: str) -> str:
 @dataclass(frozen=True)
 class TextVQA(Benchmark):
     name: str = "textvqa"
+    METRIC: ClassVar[type[TextVQAAccuracy]] = TextVQAAccuracy
     default_image_folder: ClassVar[str] = "textvqa/train_images"
     QUESTION_FILE: ClassVar[str] = "textvqa/llava_textvqa_val_v051_ocr.jsonl"
     ANNOTATIONS: ClassVar[str] = "textvqa/TextVQA_0.5.1_val.json"
-
-    def metric(self, data_root: str | Path | None = None) -> TextVQAAccuracy:
-        return TextVQAAccuracy()
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:
         annotations = {

@@ -49,6 +49,7 @@ def convert_vizwiz_for_submission(
 @dataclass(frozen=True)
 class VizWiz(SplitFiles, Benchmark):
     name: str = "vizwiz"
+    METRIC: ClassVar[type[VizWizAccuracy]] = VizWizAccuracy
     split: str = "test"  # "test" (paper, EvalAI) or "val" (local ground truth)
 
     skips_unparsable: ClassVar[bool] = True
@@ -68,9 +69,6 @@ class VizWiz(SplitFiles, Benchmark):
             {"question_id": i, "image": item["image"], "text": item["question"] + VIZWIZ_SUFFIX}
             for i, item in enumerate(read_json(data_root / self.VAL_ANNOTATIONS))
         ]
-
-    def metric(self, data_root: str | Path | None = None) -> VizWizAccuracy:
-        return VizWizAccuracy()
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:
         if self.split != "val":
