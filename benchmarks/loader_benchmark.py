@@ -2,7 +2,7 @@
 
 Both do the same work per sample — decode the image, pad to square, resize + crop to 336 px, normalise, tokenize the
 conversation with the vicuna_v1 template — and collate micro-batches. The lazy loader is LLaVA's
-``LazySupervisedDataset`` pattern (this repo's ``LlavaJsonDataset``): a JSON list in memory, one ``PIL.Image.open``
+``LazySupervisedDataset`` pattern (``LazyJsonDataset`` below): a JSON list in memory, one ``PIL.Image.open``
 per sample from the image folder, a shuffling ``DataLoader``. It is timed with 0 workers (the dataset alone) and with
 the same worker count as the DataModule. Each figure is the best of ``--repeats`` full passes (worker start-up
 included, shard conversion excluded and reported on its own).
