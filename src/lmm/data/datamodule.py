@@ -36,6 +36,7 @@ from lmm.data.manifest import Manifest, epoch_items, select_rows
 from lmm.data.mixture import SourcedRecord, StageMixture, mixture_from_cfg
 from lmm.data.processor import SampleProcessor
 from lmm.data.records import RecordError, parse_record
+from lmm.data.remote import RemoteReader, RemoteReadError, is_url, join
 from lmm.data.sampler import BatchPlan, plan_batches
 from lmm.data.shards import convert, decode_image, read_member
 from lmm.text.tokenize import IMAGE_TOKEN_INDEX
@@ -59,11 +60,29 @@ class SampleReader:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.processor, self.on_error, self.handles = processor, on_error, {}
+        self.remote: RemoteReader | None = None
+        self.fetched: dict[tuple[str, int], bytes | RemoteReadError] = {}  # a micro-batch's prefetched members
+
+    def prefetch(self, items: list[tuple]) -> None:
+        """Fetch the members of a micro-batch's items from a remote shard folder at once (concurrent ranged reads)."""
+        spans = [(shard, span[0], span[1]) for _, _, _, shard, members in items if is_url(shard)
+                 for span in members.values()]
+        if spans:
+            self.remote = self.remote or RemoteReader()
+            self.fetched = dict(zip(((s, o) for s, o, _ in spans), self.remote.read_many(spans)))
 
     def _read(self, shard: str, span: list[int], sid: str) -> bytes:
         try:
+            if is_url(shard):
+                got = self.fetched.pop((shard, span[0]), None)
+                if isinstance(got, RemoteReadError):
+                    raise got
+                if got is None:
+                    self.remote = self.remote or RemoteReader()
+                    got = self.remote.read(shard, span[0], span[1])
+                return got
             return read_member(shard, span, self.handles)
-        except OSError as e:
+        except OSError as e:  # RemoteReadError included
             raise RecordError(sid, "unreadable_shard", f"{shard}: {e}") from None
 
     def __call__(self, item: tuple) -> Example | Skipped:
@@ -100,6 +119,9 @@ class SampleReader:
         for fd in self.handles.values():
             os.close(fd)
         self.handles.clear()
+        self.fetched.clear()
+        if self.remote is not None:
+            self.remote.close()
 
 
 class PlanDataset(IterableDataset):
@@ -119,6 +141,7 @@ class PlanDataset(IterableDataset):
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         try:
             for i in range(self.start + w, len(self.batches), n):
+                self.reader.prefetch(self.batches[i])
                 yield collate([self.reader(item) for item in self.batches[i]], self.pad_id, self.padding_side)
         finally:
             self.reader.close()
@@ -162,7 +185,8 @@ class ShardDataModule(L.LightningDataModule):
                                          policy or processor.prompt_policy)
         self.dataset = PlanDataset(SampleReader(self.processor, on_error), pad_id, padding_side)
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "lmm")
-        self._shard_dir: Path | None = Path(mixture.shards) if mixture.shards else None
+        # a local folder, or a URL (lmm.data.remote) kept as a string
+        self._shard_dir = (mixture.shards if is_url(mixture.shards) else Path(mixture.shards)) if mixture.shards else None
         self._rank, self._world = rank, world_size
         self.manifest: Manifest | None = None
         self.selected: list[int] = []  # manifest rows of the mixture (include / subsample)
@@ -174,7 +198,7 @@ class ShardDataModule(L.LightningDataModule):
         self._fingerprint = ""
 
     @property
-    def shard_dir(self) -> Path:
+    def shard_dir(self) -> Path | str:
         """The configured shard folder, or the cache folder of an on-demand conversion: named by a hash of the
         source JSON (path, size, mtime), the image folder and the conversion options (source rules, shard size,
         verification) — nothing of the model (tokenizer, template, image tokens, max_length): one conversion of a
@@ -205,7 +229,7 @@ class ShardDataModule(L.LightningDataModule):
             self._rank = self.trainer.global_rank if self._rank is None else self._rank
             self._world = self.trainer.world_size if self._world is None else self._world
         self._rank, self._world = self._rank or 0, self._world or 1
-        if self.trainer is None and not (self.shard_dir / "manifest.jsonl").is_file():
+        if self.trainer is None and not is_url(self.shard_dir) and not (self.shard_dir / "manifest.jsonl").is_file():
             self.prepare_data()
         self.manifest = man = Manifest.load(self.shard_dir)
         m = self.mixture
@@ -272,7 +296,7 @@ class ShardDataModule(L.LightningDataModule):
         if start >= self.plan(epoch).micro_batches_per_rank:
             epoch, start = epoch + 1, 0
         man = self.manifest
-        shards = {s: str(self.shard_dir / s) for s in set(man.shards)}
+        shards = {s: join(self.shard_dir, s) for s in set(man.shards)}
         self.dataset.batches = [[(man.keys[i], man.ids[i], man.sources[i], shards[man.shards[i]], man.members[i])
                                  for i in mb] for mb in self.rank_rows(epoch)]
         self.dataset.start, self._epoch, self._start, self._tallies, self._iterated = start, epoch, start, [], True

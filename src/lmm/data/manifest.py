@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmm.data.remote import RemoteReader, RemoteReadError, is_url, join
+
 MANIFEST_NAME = "manifest.jsonl"
 REPORT_NAME = "report.json"
 
@@ -54,35 +56,48 @@ class Manifest:
 
     @classmethod
     def load(cls, root: str | Path) -> Manifest:
+        """The manifest of a shard folder: a local folder or a URL (:mod:`lmm.data.remote`, fetched once)."""
+        if is_url(root):
+            path, reader = join(root, MANIFEST_NAME), RemoteReader()
+            lines = reader.read(path).decode("utf-8").splitlines()
+            try:
+                report = json.loads(reader.read(join(root, REPORT_NAME)))
+            except RemoteReadError:
+                report = {}
+            return cls._parse(root, path, lines, report)
         root = Path(root)
         path = root / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {MANIFEST_NAME} in {root}: convert the data first (python -m lmm.data.shards)")
-        m = cls(root)
-        interned: dict[str, str] = {}
+        report = root / REPORT_NAME
         with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    m.keys.append(row["key"])
-                    m.ids.append(str(row["id"]))
-                    m.sources.append(interned.setdefault(row["source"], row["source"]))
-                    m.has_image.append(bool(row["has_image"]))
-                    m.n_images.append(int(row["n_images"]))
-                    m.words.append(int(row["words"]))
-                    m.tokens.append(int(row.get("tokens", -1)))
-                    m.shards.append(interned.setdefault(row["shard"], row["shard"]))
-                    m.positions.append(int(row["position"]))
-                    m.members.append(row["members"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise ValueError(f"{path} line {n + 1} is not a manifest row: {e}") from None
+            return cls._parse(root, path, f, json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {})
+
+    @classmethod
+    def _parse(cls, root, path, lines, report: dict) -> Manifest:
+        m = cls(root)
+        m.report = report
+        interned: dict[str, str] = {}
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                m.keys.append(row["key"])
+                m.ids.append(str(row["id"]))
+                m.sources.append(interned.setdefault(row["source"], row["source"]))
+                m.has_image.append(bool(row["has_image"]))
+                m.n_images.append(int(row["n_images"]))
+                m.words.append(int(row["words"]))
+                m.tokens.append(int(row.get("tokens", -1)))
+                m.shards.append(interned.setdefault(row["shard"], row["shard"]))
+                m.positions.append(int(row["position"]))
+                m.members.append(row["members"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path} line {n + 1} is not a manifest row: {e}") from None
         if len(set(m.keys)) != len(m.keys):
             dup = [k for k, c in Counter(m.keys).items() if c > 1][:5]
             raise ValueError(f"{path} has duplicate keys, e.g. {dup}")
-        report = root / REPORT_NAME
-        m.report = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
         return m
 
     def __len__(self) -> int:
