@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lmm.common import plain
-from lmm.data.batch import Batch, Example, Skipped, collate
-from lmm.data.images import ImageLoadError
+from lmm.data.batch import Batch, collate
 from lmm.data.manifest import Manifest, epoch_items, select_rows
-from lmm.data.mixture import SourcedRecord, StageMixture, mixture_from_cfg
+from lmm.data.mixture import StageMixture, mixture_from_cfg
 from lmm.data.processor import SampleProcessor
-from lmm.data.records import RecordError, parse_record
-from lmm.data.remote import RemoteReader, RemoteReadError, is_url, join
+from lmm.data.reader import SampleReader
+from lmm.data.remote import is_url, join
 from lmm.data.sampler import BatchPlan, plan_batches
-from lmm.data.shards import convert, decode_image, read_member
+from lmm.data.shards import convert
 from lmm.text.tokenize import IMAGE_TOKEN_INDEX
 
 log = logging.getLogger(__name__)
@@ -50,78 +48,6 @@ def _identity(x):
 
 def _digest(obj: Any, n: int = 12) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=n).hexdigest()
-
-
-class SampleReader:
-    """One manifest item ``(key, id, source, shard path, members)`` → :class:`Example`, or :class:`Skipped` with the
-    reason (``on_error="raise"`` raises instead)."""
-
-    def __init__(self, processor: SampleProcessor, on_error: str = "skip"):
-        if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.processor, self.on_error, self.handles = processor, on_error, {}
-        self.remote: RemoteReader | None = None
-        self.fetched: dict[tuple[str, int], bytes | RemoteReadError] = {}  # a micro-batch's prefetched members
-
-    def prefetch(self, items: list[tuple]) -> None:
-        """Fetch the members of a micro-batch's items from a remote shard folder at once (concurrent ranged reads)."""
-        spans = [(shard, span[0], span[1]) for _, _, _, shard, members in items if is_url(shard)
-                 for span in members.values()]
-        if spans:
-            self.remote = self.remote or RemoteReader()
-            self.fetched = dict(zip(((s, o) for s, o, _ in spans), self.remote.read_many(spans)))
-
-    def _read(self, shard: str, span: list[int], sid: str) -> bytes:
-        try:
-            if is_url(shard):
-                got = self.fetched.pop((shard, span[0]), None)
-                if isinstance(got, RemoteReadError):
-                    raise got
-                if got is None:
-                    self.remote = self.remote or RemoteReader()
-                    got = self.remote.read(shard, span[0], span[1])
-                return got
-            return read_member(shard, span, self.handles)
-        except OSError as e:  # RemoteReadError included
-            raise RecordError(sid, "unreadable_shard", f"{shard}: {e}") from None
-
-    def __call__(self, item: tuple) -> Example | Skipped:
-        key, sid, source, shard, members = item
-        try:
-            data = self._read(shard, members["json"], sid)
-            try:
-                meta = json.loads(data)
-                raw, exts = meta["record"], list(meta["images"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise RecordError(sid, "malformed_record", f"{shard}:{key}: {e}") from None
-            record = SourcedRecord(**vars(parse_record(raw)), source=source)
-            images = []
-            for ext in exts:
-                if ext not in members:
-                    raise RecordError(record.id, "missing_image", f"no member {key}.{ext} in {shard}")
-                try:
-                    images.append(decode_image(self._read(shard, members[ext], sid), f"{shard}:{key}.{ext}"))
-                except ImageLoadError as e:
-                    raise RecordError(record.id, e.reason, e.detail) from None
-            return self.processor(record, images, source)
-        except RecordError as e:
-            if self.on_error == "raise":
-                raise
-            log.warning("skipped %s", e)
-            return Skipped(e.sample_id, e.reason, e.detail)
-        except Exception as e:  # a bug must not kill a worker silently mid-epoch: counted, logged, or raised
-            if self.on_error == "raise":
-                raise
-            log.warning("skipped sample %r (%s): unexpected %s: %s", sid, key, type(e).__name__, e)
-            return Skipped(sid, "load_error", f"{type(e).__name__}: {e}")
-
-    def close(self) -> None:
-        for fd in self.handles.values():
-            os.close(fd)
-        self.handles.clear()
-        self.fetched.clear()
-        if self.remote is not None:
-            self.remote.close()
 
 
 class PlanDataset(IterableDataset):
