@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lmm.common import plain
 from lmm.evaluation.during_training import BenchmarkDuringTraining
 from lmm.evaluation.run import run_eval
 from lmm.synth.world import prepare_eval, prepare_training
@@ -39,8 +40,7 @@ def during_training(cfg: DictConfig, stage: str, tokenizer, processor) -> list:
     during = (cfg.get("eval") or {}).get("during_training") or {}
     if not during.get("enabled") or stage != "finetune":
         return []
-    options = cfg.eval.get("benchmark_options")
     return [BenchmarkDuringTraining(
         tokenizer, processor.template, processor.image_transform, list(during.benchmarks),
         during.get("data_root") or cfg.eval.data_root, during.get("every_n_epochs", 1), cfg.eval.batch_size,
-        OmegaConf.to_container(options, resolve=True) if options else None)]
+        plain(cfg.eval.get("benchmark_options")))]

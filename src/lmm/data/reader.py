@@ -35,8 +35,12 @@ class SampleReader:
         spans = [(shard, span[0], span[1]) for _, _, _, shard, members in items if is_url(shard)
                  for span in members.values()]
         if spans:
-            self.remote = self.remote or RemoteReader()
-            self.fetched = dict(zip(((s, o) for s, o, _ in spans), self.remote.read_many(spans)))
+            self.fetched = dict(zip(((s, o) for s, o, _ in spans), self._remote().read_many(spans)))
+
+    def _remote(self) -> RemoteReader:
+        if self.remote is None:
+            self.remote = RemoteReader()  # made in the loader worker that reads (its thread pool is not forked)
+        return self.remote
 
     def _read(self, shard: str, span: list[int], sid: str) -> bytes:
         try:
@@ -45,8 +49,7 @@ class SampleReader:
                 if isinstance(got, RemoteReadError):
                     raise got
                 if got is None:
-                    self.remote = self.remote or RemoteReader()
-                    got = self.remote.read(shard, span[0], span[1])
+                    got = self._remote().read(shard, span[0], span[1])
                 return got
             return read_member(shard, span, self.handles)
         except OSError as e:  # RemoteReadError included

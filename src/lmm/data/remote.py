@@ -35,16 +35,12 @@ def join(root, name: str) -> str:
 
 
 class RemoteReader:
-    """Ranged reads with retries; ``stats`` counts requests, retries and failures. The class attributes are the
-    defaults (attempts per request, seconds per request, first backoff in seconds, concurrent reads)."""
+    """Ranged reads with retries; ``stats`` counts requests, retries and failures. Settings (class attributes):
+    attempts per request, seconds per request, first backoff in seconds, concurrent reads."""
 
     attempts, timeout, backoff, threads = 4, 30.0, 0.2, 8
 
-    def __init__(self, attempts: int | None = None, timeout: float | None = None, backoff: float | None = None,
-                 threads: int | None = None):
-        cls = type(self)
-        self.attempts, self.timeout = attempts or cls.attempts, timeout or cls.timeout
-        self.backoff, self.threads = cls.backoff if backoff is None else backoff, threads or cls.threads
+    def __init__(self):
         self.stats = {"requests": 0, "retries": 0, "failures": 0}
         self._pool: ThreadPoolExecutor | None = None
 

@@ -13,14 +13,13 @@ Processes of one run (every rank of ``torchrun``) prepare under one file lock: t
 from __future__ import annotations
 
 import fcntl
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-log = logging.getLogger(__name__)
+from lmm.common import plain
 
 
 @contextmanager
@@ -50,7 +49,7 @@ def prepare_training(cfg: DictConfig) -> DictConfig:
     from lmm.synth import write_twin
 
     with world_lock(cfg.paths.cache_dir):
-        spec = twin_spec(OmegaConf.to_container(cfg.data, resolve=True))
+        spec = twin_spec(plain(cfg.data))
         if spec:
             write_twin(spec)
         if cfg.model.twin:
@@ -96,7 +95,7 @@ def _tokenizer(cfg: DictConfig):
 
 def _pretrained_twin(cfg: DictConfig, part: str, pretrain) -> None:
     """A twin block with ``pretrain`` and no ``checkpoint`` gets the folder ``pretrain(part_dict)`` trains once."""
-    conf = OmegaConf.to_container(cfg.model[part], resolve=True)
+    conf = plain(cfg.model[part])
     twin = conf.get("twin") or {}
     if twin.get("pretrain") is not None and not twin.get("checkpoint"):
         with open_dict(cfg):

@@ -65,7 +65,6 @@ def build_model(cfg: DictConfig, tokenizer):
     as it was): a rebuild — after a sharded stage, or in a resumed run — gives the same frozen weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        part = lambda name: OmegaConf.to_container(cfg.model[name], resolve=True)  # noqa: E731
-        return build_llava(part("vision"), cfg.model.connector, part("llm"), cfg.model.max_length, tokenizer,
+        return build_llava(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
                            twin=cfg.model.twin, hd=cfg.model.get("hd"))
 
