@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast test-learning lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui \
-	compare bench-gen bench-data bench-gpu merge-lora export-hf import-hf clean
+	compare bench-gen bench-data rehearse-data bench-gpu merge-lora export-hf import-hf clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench-gen: ## Benchmark batched vs one-at-a-time generation (answers/s, identica
 
 bench-data: ## Benchmark the shard DataModule vs a LLaVA-style lazy JSON loader (samples/s, ratio)
 	$(PY) benchmarks/loader_benchmark.py
+
+rehearse-data: ## Full-size data rehearsal (558,128 + 665,298 records): convert, plan 8 ranks x 4 workers, one epoch; ARGS=...
+	$(PY) benchmarks/data_rehearsal.py $(ARGS)
 
 bench-gpu: ## One GPU: real-size step of a ~1B-LLM LLaVA (bf16, fp32 masters) — tokens/s, MFU; ARGS="--device cpu --toy" on CPU
 	$(PY) benchmarks/gpu_step.py $(ARGS)

@@ -23,7 +23,7 @@ def test_convert_synthetic_gives_shards_manifest_and_report(syn, shard_dir):
     m = Manifest.load(shard_dir)
     assert len(m) == N_FINETUNE and m.source_counts() == report["per_source"]
     records = json.loads(syn["finetune"].read_text())
-    assert m.ids == [r["id"] for r in records]
+    assert list(m.ids) == [r["id"] for r in records]
     for i in (0, 17, N_FINETUNE - 1):
         assert m.has_image[i] == ("image" in records[i]) and m.shards[i] == f"shard-{i // 16:06d}.tar"
         assert m.positions[i] == i % 16 and m.words[i] > 0
@@ -39,7 +39,7 @@ def test_shards_stream_with_webdataset(shard_dir):
     urls = sorted(str(p) for p in shard_dir.glob("shard-*.tar"))
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil")
     samples = list(ds)
-    assert [s["__key__"] for s in samples] == Manifest.load(shard_dir).keys
+    assert [s["__key__"] for s in samples] == list(Manifest.load(shard_dir).keys)
     assert sum("png" in s for s in samples) == sum(Manifest.load(shard_dir).has_image)
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -51,13 +53,35 @@ def _digest(obj: Any, n: int = 12) -> str:
 
 
 class PlanDataset(IterableDataset):
-    """Yields this rank's collated micro-batches from ``start``; worker ``w`` of ``W`` takes ``start+w, start+w+W…``."""
+    """Yields this rank's collated micro-batches from ``start``; worker ``w`` of ``W`` takes ``start+w, start+w+W…``.
+
+    The epoch's plan is held as numpy arrays (``rows``: this rank's manifest rows, micro-batch after micro-batch;
+    ``bounds``: where each micro-batch starts) over the columnar :class:`Manifest`, and an item's fields are read
+    from the columns when its micro-batch is loaded: forked workers share these pages without ever writing to them."""
 
     def __init__(self, reader: SampleReader, pad_id: int, padding_side: str = "right"):
         self.reader, self.pad_id, self.padding_side = reader, pad_id, padding_side
-        self.batches: list[list[tuple]] = []
+        self.manifest: Manifest | None = None
+        self.shard_paths: list[str] = []  # per shard code of the manifest
+        self.rows, self.bounds = np.zeros(0, np.int64), np.zeros(1, np.int64)
         self.start = 0
         self.length = 0
+
+    def set_plan(self, manifest: Manifest, shard_paths: list[str], batches: list[list[int]]) -> None:
+        self.manifest, self.shard_paths = manifest, shard_paths
+        self.rows = np.fromiter((i for mb in batches for i in mb), dtype=np.int64)
+        self.bounds = np.zeros(len(batches) + 1, np.int64)
+        np.cumsum([len(mb) for mb in batches], out=self.bounds[1:])
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.bounds) - 1
+
+    def items(self, b: int) -> list[tuple]:
+        """Micro-batch ``b``'s items ``(key, id, source, shard path, members)``, as :class:`SampleReader` takes them."""
+        m = self.manifest
+        return [(m.keys[i], m.ids[i], m.sources[i], self.shard_paths[m.shards.codes[i]], m.members[i])
+                for i in self.rows[self.bounds[b]:self.bounds[b + 1]].tolist()]
 
     def __len__(self) -> int:
         return self.length
@@ -66,9 +90,10 @@ class PlanDataset(IterableDataset):
         info = get_worker_info()
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         try:
-            for i in range(self.start + w, len(self.batches), n):
-                self.reader.prefetch(self.batches[i])
-                yield collate([self.reader(item) for item in self.batches[i]], self.pad_id, self.padding_side)
+            for b in range(self.start + w, self.num_batches, n):
+                items = self.items(b)
+                self.reader.prefetch(items)
+                yield collate([self.reader(item) for item in items], self.pad_id, self.padding_side)
         finally:
             self.reader.close()
 
@@ -122,6 +147,7 @@ class ShardDataModule(L.LightningDataModule):
         self._done = Counter()  # progress of finished epochs (and restored from a checkpoint)
         self._resume: tuple[int, int] | None = None  # (data epoch, micro-batch) restored from a checkpoint
         self._fingerprint = ""
+        self.setup_seconds: dict[str, float] = {}  # manifest load, selection + plan
 
     @property
     def shard_dir(self) -> Path | str:
@@ -157,7 +183,9 @@ class ShardDataModule(L.LightningDataModule):
         self._rank, self._world = self._rank or 0, self._world or 1
         if self.trainer is None and not is_url(self.shard_dir) and not (self.shard_dir / "manifest.jsonl").is_file():
             self.prepare_data()
+        t0 = time.perf_counter()
         self.manifest = man = Manifest.load(self.shard_dir)
+        t1 = time.perf_counter()
         m = self.mixture
         self.selected = select_rows(man, m.subsample, m.subsample_map(), m.include_map(), m.subsample_seed,
                                     m.default_include)
@@ -173,16 +201,18 @@ class ShardDataModule(L.LightningDataModule):
         self.dataset.length = plan.micro_batches_per_rank
         self._fingerprint = _digest([[man.keys[i] for i in self.selected], self.micro_batch_size, self._world,
                                      self.grad_accum, self.seed, m.group_by_modality_length, m.weight_map()])
-        log.info("%s: %d of %d samples selected (%s); %d micro-batches per rank per epoch on %d rank(s)",
-                 self.stage_name, len(self.selected), len(man), dict(Counter(man.sources[i] for i in self.selected)),
-                 plan.micro_batches_per_rank, self._world)
+        self.setup_seconds = {"manifest": t1 - t0, "plan": time.perf_counter() - t1}
+        log.info("%s: %d of %d samples selected (%s); %d micro-batches per rank per epoch on %d rank(s); manifest "
+                 "loaded in %.1f s, selected and planned in %.1f s", self.stage_name, len(self.selected), len(man),
+                 dict(man.source_counts(self.selected)), plan.micro_batches_per_rank, self._world,
+                 self.setup_seconds["manifest"], self.setup_seconds["plan"])
 
     def plan(self, epoch: int) -> BatchPlan:
         """The epoch's batch plan over :meth:`epoch_rows` (cached); identical on every rank."""
         if epoch not in self._plans:
             rows = self.epoch_rows(epoch)
             gen = torch.Generator().manual_seed(int(_digest([self.seed, epoch], 7), 16))
-            self._plans = {epoch: plan_batches([self.manifest.modality_length(i) for i in rows],
+            self._plans = {epoch: plan_batches(self.manifest.modality_lengths(rows),
                                                self.micro_batch_size, self._world, self.grad_accum, gen,
                                                self.mixture.group_by_modality_length)}
         return self._plans[epoch]
@@ -221,18 +251,16 @@ class ShardDataModule(L.LightningDataModule):
             epoch, start = (self._epoch + 1 if self._iterated else 0), 0
         if start >= self.plan(epoch).micro_batches_per_rank:
             epoch, start = epoch + 1, 0
-        man = self.manifest
-        shards = {s: join(self.shard_dir, s) for s in set(man.shards)}
-        self.dataset.batches = [[(man.keys[i], man.ids[i], man.sources[i], shards[man.shards[i]], man.members[i])
-                                 for i in mb] for mb in self.rank_rows(epoch)]
+        shards = [join(self.shard_dir, s) for s in self.manifest.shards.names]
+        self.dataset.set_plan(self.manifest, shards, self.rank_rows(epoch))
         self.dataset.start, self._epoch, self._start, self._tallies, self._iterated = start, epoch, start, [], True
-        self.dataset.length = len(self.dataset.batches)  # constant unless a fractional weight changes modalities
+        self.dataset.length = self.dataset.num_batches  # constant unless a fractional weight changes modalities
 
     def _tally(self, batches):  # runs in the main process, on what the loader yields
         try:
             for batch in batches:
                 self._tallies.append(self._batch_counts(batch))
-                if self._start + len(self._tallies) == len(self.dataset.batches):
+                if self._start + len(self._tallies) == self.dataset.num_batches:
                     self._log_epoch()
                 yield batch
         finally:
@@ -315,7 +343,7 @@ class ShardDataModule(L.LightningDataModule):
             out.update({f"data/rejected_{r}": n for r, n in rep.get("rejected_by_reason", {}).items()})
         if man is not None:
             out["data/selected"] = len(self.selected)
-            out.update({f"data/selected_{s}": n for s, n in Counter(man.sources[i] for i in self.selected).items()})
+            out.update({f"data/selected_{s}": n for s, n in man.source_counts(self.selected).items()})
         out.update({f"data/{k}": progress.get(k, 0) for k in ("planned", "trained", "over_length", *progress)})
         if self._plans:
             out["data/dropped_by_plan_per_epoch"] = len(self.plan(self._epoch).dropped)

@@ -17,9 +17,10 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from lmm.data.remote import RemoteReader, RemoteReadError, is_url, join
 
@@ -37,22 +38,107 @@ def write_manifest(path: str | Path, rows: list[dict]) -> Path:
     return path
 
 
-@dataclass
-class Manifest:
-    """Columnar rows of one converted data set (a shard folder)."""
+def _row(i, n: int) -> int:
+    i = int(i)
+    if not -n <= i < n:
+        raise IndexError(f"row {i} of {n}")
+    return i + n if i < 0 else i
 
-    root: Path
-    keys: list[str] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    has_image: list[bool] = field(default_factory=list)
-    n_images: list[int] = field(default_factory=list)
-    words: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    shards: list[str] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    members: list[dict[str, list[int]]] = field(default_factory=list)
-    report: dict = field(default_factory=dict)
+
+class StrColumn(Sequence):
+    """Strings in one UTF-8 buffer with offsets (numpy): no Python object per row, so forked loader workers that
+    read it (or a garbage collection that walks the heap) never copy its pages — a list of 665K ``str`` would be."""
+
+    def __init__(self, values: Iterable[str] = ()):
+        data = [v.encode("utf-8") for v in values]
+        self.offsets = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in data], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(data), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        a, b = self.offsets[_row(i, len(self))], self.offsets[_row(i, len(self)) + 1]
+        return self.buffer[a:b].tobytes().decode("utf-8")
+
+
+class CodeColumn(Sequence):
+    """A column of few distinct strings (sources, shard names): ``codes`` (numpy int32) into ``names``."""
+
+    def __init__(self, values: Iterable[str] = ()):
+        index: dict[str, int] = {}
+        self.codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int32)
+        self.names = list(index)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.names[c] for c in self.codes[i]]
+        return self.names[self.codes[i]]
+
+
+class MemberColumn(Sequence):
+    """Each row's tar members (``{"json": [offset, size], "jpg": [...]}``) as flat numpy arrays: row ``i`` owns
+    entries ``ptr[i]:ptr[i+1]`` of ``name`` (codes into ``names``), ``offset`` and ``size``."""
+
+    def __init__(self, rows: Iterable[Mapping[str, list[int]]] = ()):
+        names: dict[str, int] = {}
+        ptr, code, off, size = [0], [], [], []
+        for members in rows:
+            for name, (o, n) in members.items():
+                code.append(names.setdefault(name, len(names)))
+                off.append(o)
+                size.append(n)
+            ptr.append(len(code))
+        self.names = list(names)
+        self.ptr, self.name = np.array(ptr, dtype=np.int64), np.array(code, dtype=np.int16)
+        self.offset, self.size = np.array(off, dtype=np.int64), np.array(size, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ptr) - 1
+
+    def __getitem__(self, i) -> dict[str, list[int]]:
+        i = _row(i, len(self))
+        a, b = self.ptr[i], self.ptr[i + 1]
+        return {self.names[c]: [int(o), int(n)]
+                for c, o, n in zip(self.name[a:b], self.offset[a:b], self.size[a:b])}
+
+
+COLUMNS = ("key", "id", "source", "has_image", "n_images", "words", "tokens", "shard", "position", "members")
+
+
+class Manifest:
+    """The rows of one converted data set (a shard folder), held column by column in numpy arrays and string
+    buffers (:class:`StrColumn`, :class:`CodeColumn`, :class:`MemberColumn`): ≈ 60 bytes a row, a handful of Python
+    objects in all, so loader workers forked from the trainer do not grow by copy-on-read over an epoch.
+    ``keys[i]``, ``ids[i]``, ``sources[i]``, ``shards[i]``, ``members[i]`` read one row back."""
+
+    def __init__(self, root: str | Path | None, rows: Iterable[Mapping] = (), report: dict | None = None):
+        cols: dict[str, list] = {c: [] for c in COLUMNS}
+        for n, row in enumerate(rows):
+            try:
+                values = (row["key"], str(row.get("id", row["key"])), row["source"], bool(row.get("has_image", False)),
+                          int(row.get("n_images", 0)), int(row.get("words", 1)), int(row.get("tokens", -1)),
+                          row.get("shard", ""), int(row.get("position", 0)), dict(row.get("members", {})))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{root}: manifest row {n + 1} is malformed: {e!r}") from None
+            for c, v in zip(COLUMNS, values):
+                cols[c].append(v)
+        self.root, self.report = root, report or {}
+        self.keys, self.ids = StrColumn(cols["key"]), StrColumn(cols["id"])
+        self.sources, self.shards = CodeColumn(cols["source"]), CodeColumn(cols["shard"])
+        self.has_image = np.array(cols["has_image"], dtype=bool)
+        self.n_images, self.words = np.array(cols["n_images"], np.int32), np.array(cols["words"], np.int64)
+        self.tokens, self.positions = np.array(cols["tokens"], np.int64), np.array(cols["position"], np.int64)
+        self.members = MemberColumn(cols["members"])
+        if len(set(cols["key"])) != len(cols["key"]):
+            dup = [k for k, c in Counter(cols["key"]).items() if c > 1][:5]
+            raise ValueError(f"{root} has duplicate keys, e.g. {dup}")
 
     @classmethod
     def load(cls, root: str | Path) -> Manifest:
@@ -64,57 +150,46 @@ class Manifest:
                 report = json.loads(reader.read(join(root, REPORT_NAME)))
             except RemoteReadError:
                 report = {}
-            return cls._parse(root, path, lines, report)
+            return cls(root, _parse(path, lines), report)
         root = Path(root)
         path = root / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {MANIFEST_NAME} in {root}: convert the data first (python -m lmm.data.shards)")
         report = root / REPORT_NAME
         with open(path, encoding="utf-8") as f:
-            return cls._parse(root, path, f, json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {})
-
-    @classmethod
-    def _parse(cls, root, path, lines, report: dict) -> Manifest:
-        m = cls(root)
-        m.report = report
-        interned: dict[str, str] = {}
-        for n, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                m.keys.append(row["key"])
-                m.ids.append(str(row["id"]))
-                m.sources.append(interned.setdefault(row["source"], row["source"]))
-                m.has_image.append(bool(row["has_image"]))
-                m.n_images.append(int(row["n_images"]))
-                m.words.append(int(row["words"]))
-                m.tokens.append(int(row.get("tokens", -1)))
-                m.shards.append(interned.setdefault(row["shard"], row["shard"]))
-                m.positions.append(int(row["position"]))
-                m.members.append(row["members"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path} line {n + 1} is not a manifest row: {e}") from None
-        if len(set(m.keys)) != len(m.keys):
-            dup = [k for k, c in Counter(m.keys).items() if c > 1][:5]
-            raise ValueError(f"{path} has duplicate keys, e.g. {dup}")
-        return m
+            return cls(root, _parse(path, f), json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {})
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def modality_length(self, i: int) -> int:
-        """LLaVA's signed length: word count, positive with an image, negative for text-only."""
-        return self.words[i] if self.has_image[i] else -self.words[i]
+    def modality_lengths(self, rows: Sequence[int] | np.ndarray) -> list[int]:
+        """LLaVA's signed lengths of ``rows``: word count, positive with an image, negative for text-only."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.where(self.has_image[rows], self.words[rows], -self.words[rows]).tolist()
 
-    def source_counts(self) -> Counter:
-        return Counter(self.sources)
+    def source_counts(self, rows: Sequence[int] | np.ndarray | None = None) -> Counter:
+        """Samples per source, of all rows or of ``rows`` (repeats counted)."""
+        codes = self.sources.codes if rows is None else self.sources.codes[np.asarray(rows, dtype=np.int64)]
+        counts = np.bincount(codes, minlength=len(self.sources.names))
+        return Counter({s: int(n) for s, n in zip(self.sources.names, counts) if n})
 
     def rows_by_source(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, s in enumerate(self.sources):
-            out.setdefault(s, []).append(i)
-        return out
+        codes = self.sources.codes
+        return {s: np.flatnonzero(codes == c).tolist() for c, s in enumerate(self.sources.names)
+                if (codes == c).any()}
+
+
+def _parse(path, lines: Iterable[str]) -> Iterator[dict]:
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not all(c in row for c in COLUMNS if c != "tokens"):
+                raise KeyError(f"a row needs the fields {', '.join(COLUMNS)}")
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{path} line {n + 1} is not a manifest row: {e}") from None
+        yield row
 
 
 def _rank(seed: int | str, key: str) -> bytes:

@@ -100,6 +100,7 @@ def _write_shard(job: tuple[int, list[tuple[str, dict, str]]]) -> dict:
     out, folder = Path(opt["out"]), Path(opt["image_folder"]) if opt["image_folder"] else None
     name = shard_name(k)
     rows, rejected, over_length = [], [], []
+    inside = os.path.join(os.path.realpath(folder), "") if folder is not None else ""
     tmp = out / f"{name}.tmp{os.getpid()}"
     with wds.TarWriter(str(tmp), mtime=0) as sink:
         for key, raw, source in entries:
@@ -107,7 +108,7 @@ def _write_shard(job: tuple[int, list[tuple[str, dict, str]]]) -> dict:
             try:
                 blobs = []
                 for rel in record.images:
-                    if folder is not None and not (folder / rel).resolve().is_relative_to(folder.resolve()):
+                    if folder is not None and not os.path.realpath(folder / rel).startswith(inside):
                         raise ImageLoadError("unsafe_image_path", f"{folder / rel} resolves outside {folder} (a link)")
                     if folder is None or not (folder / rel).is_file():
                         raise ImageLoadError("missing_image", f"no file at {folder / rel if folder else rel}")
