@@ -9,20 +9,20 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast test-learning lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui \
+.PHONY: help setup test test-fast test-learning test-long table2 lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui tracking-server merge-runs \
 	compare bench-gen bench-data rehearse-data bench-gpu merge-lora export-hf import-hf clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-setup: ## Create .venv: torch + torchvision pinned first, then the package (dev + deepspeed extras) held to them
+setup: ## Create .venv: torch + torchvision pinned first, then the package (dev, deepspeed, cluster extras) held to them
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q $(TORCH_PINS)
 	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
-	$(VENV)/bin/pip install -q -c $(VENV)/torch-constraints.txt -e '.[dev,deepspeed]'
+	$(VENV)/bin/pip install -q -c $(VENV)/torch-constraints.txt -e '.[dev,deepspeed,cluster]'
 
-test: ## Run the test suite (end-to-end runs included), all but the long learning proof
-	$(PY) -m pytest -q -m "not learning"
+test: ## Run the test suite (end-to-end runs included), all but the long ones (make test-long)
+	$(PY) -m pytest -q -m "not learning and not long"
 
 test-fast: ## Run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
@@ -30,8 +30,11 @@ test-fast: ## Run the tests not marked slow
 test-learning: ## The learning proof: pretrained twins (once per cache), 24K stage-2 samples, scores well above chance
 	$(PY) -m pytest -q -s -m learning
 
+test-long: ## The long end-to-end checks CI runs after `make test`: the learning proof, `make table2`, 4 jobs on a tracking server
+	$(PY) -m pytest -q -s -m "learning or long"
+
 lint: ## Ruff over the package, entry points and tests; import-linter's contracts (pyproject.toml) over src/lmm
-	$(VENV)/bin/ruff check src tests train.py eval.py benchmarks
+	$(VENV)/bin/ruff check src tests train.py eval.py benchmarks scripts
 	$(VENV)/bin/lint-imports
 
 train: ## Train (default: tiny twin, both stages, synthetic data, CPU); ARGS="..." passes Hydra overrides
@@ -46,11 +49,16 @@ plan: ## Pre-flight plan of an experiment (memory, steps, FLOPs, time), offline:
 resume: ## Continue an interrupted run with its own overrides, in its folder: make resume RUN=outputs/<run> [ARGS=...]
 	$(PY) -m lmm.training.resume $(RUN) $(ARGS)
 
-sweep-data: ## Fig. 4 data-efficiency sweep (subsample 0.1 … 1.0), one MLflow run per ratio; ARGS for overrides
-	$(PY) train.py -m +sweep=data_efficiency +experiment=$(or $(EXP),llava_v1_5_7b) $(ARGS)
+TABLE2 := row0_llava,row1_vqav2,row2_format_prompt,row3_mlp_connector,row4_okvqa_ocr,row5_region_vqa,row6_res336,row7_gqa,row8_sharegpt,row9_13b
+table2: ## Table 2 rows 0-9: train (a shared stage 1 once: 4 for 10 rows), evaluate, report; ARGS="scale=paper ..." [REPORT=outputs/table2]
+	$(PY) train.py -m +experiment=$(TABLE2) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+	$(PY) -m lmm.tracking.compare --latest --out $(or $(REPORT),outputs/table2)
 
-sweep-llm: ## Fig. 3 LLM-choice sweep (Vicuna v1.1/v1.3/v1.5, LLaMA-2-chat); ARGS for overrides
-	$(PY) train.py -m +sweep=llm_choice +experiment=$(or $(EXP),llava_v1_5_7b) $(ARGS)
+sweep-data: ## Fig. 4 data-efficiency sweep (subsample 0.1 … 1.0), one MLflow run per ratio; [LAUNCHER=local_parallel|slurm_7b] ARGS=...
+	$(PY) train.py -m +sweep=data_efficiency +experiment=$(or $(EXP),llava_v1_5_7b) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+
+sweep-llm: ## Fig. 3 LLM-choice sweep (Vicuna v1.1/v1.3/v1.5, LLaMA-2-chat); [LAUNCHER=...] ARGS=...
+	$(PY) train.py -m +sweep=llm_choice +experiment=$(or $(EXP),llava_v1_5_7b) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
 
 synth: ## Build every synthetic twin once (training sources + 12 benchmarks) into the cache folder
 	$(PY) -m lmm.synth $(ARGS)
@@ -61,8 +69,15 @@ shards: ## Convert LLaVA JSON to shards: make shards JSON=... IMAGES=... OUT=...
 eval: ## Evaluate a checkpoint: make eval CKPT=outputs/<run> [ARGS="eval.benchmarks=[pope,gqa]"]
 	$(PY) eval.py checkpoint=$(CKPT) $(ARGS)
 
-ui: ## Serve the MLflow UI on 127.0.0.1 for a store: make ui [DB=outputs/<run>/mlflow.db] [PORT=5000]
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(or $(DB),$(lastword $(sort $(wildcard outputs/*/mlflow.db)))) --host 127.0.0.1 --port $(or $(PORT),5000)
+ui: ## Serve the MLflow UI of the project's store (mlflow.db at the root; STORE=<URI> another) on 127.0.0.1 [PORT=5000]
+	$(VENV)/bin/mlflow ui --backend-store-uri $(or $(STORE),sqlite:///$(CURDIR)/mlflow.db) --host 127.0.0.1 --port $(or $(PORT),5000)
+
+tracking-server: ## MLflow server for concurrent jobs on 127.0.0.1: the project's store (DB=postgresql://... accepted), artifacts in mlartifacts/
+	$(VENV)/bin/mlflow server --backend-store-uri $(or $(DB),sqlite:///$(CURDIR)/mlflow.db) \
+		--artifacts-destination $(or $(ARTIFACTS),$(CURDIR)/mlartifacts) --host 127.0.0.1 --port $(or $(PORT),5000)
+
+merge-runs: ## Copy old per-run stores (outputs/*/mlflow.db, multirun/*/mlflow.db) into the project's store
+	$(PY) -m lmm.tracking.merge $(ARGS)
 
 bench-gen: ## Benchmark batched vs one-at-a-time generation (answers/s, identical answers, ratio)
 	$(PY) benchmarks/generation_benchmark.py

@@ -1,7 +1,10 @@
-"""Answers/s of batched greedy generation (batch 16, left padding, KV cache) vs one question at a time, on the
-tiny twin over the same synthetic POPE/GQA questions, in one run. The answers must be identical.
+"""Answers/s of batched greedy generation (batch 16, left padding, KV cache) vs one question at a time — the
+official decoding setting (LLaVA's model_vqa_loader: batch 1) — on the same synthetic POPE/GQA questions, in one run.
+In fp32 the answers must be identical; in bf16 (``--dtype bfloat16``, the official evaluation dtype is fp16/bf16)
+padding changes the rounding, so the script reports how many answers differ between the two settings.
 
     python benchmarks/generation_benchmark.py [--checkpoint outputs/<run>] [--questions 64] [--max-new-tokens 16]
+                                              [--dtype float32|bfloat16]
 
 Without --checkpoint a random tiny twin (CLIP-336 / Vicuna-7B twins) is used: it rarely stops early, so every
 answer runs the full max_new_tokens — the harder case for batching (no early exits to exploit).
@@ -41,6 +44,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     repo = Path(__file__).resolve().parents[1]
@@ -53,6 +57,7 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         model = build_llava(conf("vision/clip_vit_l14_336.yaml"), conf("connector/mlp2x_gelu.yaml"),
                             conf("llm/vicuna_7b_v15.yaml"), 2048, tok, twin=True).eval()
+    model = model.to(getattr(torch, args.dtype))
     root = Path(tempfile.mkdtemp()) / "eval"
     write_synthetic_benchmarks(root, n_images=max(12, args.questions // 2))
     questions = (get_benchmark("pope").questions(root) + get_benchmark("gqa").questions(root))[: args.questions]
@@ -66,16 +71,17 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     batched = run(args.batch_size)
     t_batched = time.perf_counter() - t0
-    same = [a["text"] for a in single] == [b["text"] for b in batched]
+    differ = sum(a["text"] != b["text"] for a, b in zip(single, batched))
     n = len(questions)
-    out = {"questions": n, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+    out = {"questions": n, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "dtype": args.dtype,
            "one_at_a_time_answers_per_s": n / t_single, "batched_answers_per_s": n / t_batched,
-           "ratio": t_single / t_batched, "identical_answers": same, "device": "cpu", "threads": args.threads}
-    print(f"one at a time : {out['one_at_a_time_answers_per_s']:8.2f} answers/s")
+           "ratio": t_single / t_batched, "identical_answers": differ == 0, "differing_answers": differ,
+           "device": "cpu", "threads": args.threads}
+    print(f"one at a time : {out['one_at_a_time_answers_per_s']:8.2f} answers/s   (official setting, {args.dtype})")
     print(f"batched ({args.batch_size:>2})  : {out['batched_answers_per_s']:8.2f} answers/s")
-    print(f"ratio         : {out['ratio']:8.2f}x   identical answers: {same}")
-    if not same:
-        sys.exit("batched and one-at-a-time answers differ")
+    print(f"ratio         : {out['ratio']:8.2f}x   answers that differ: {differ} of {n} ({100 * differ / n:.1f} %)")
+    if differ and args.dtype == "float32":
+        sys.exit("batched and one-at-a-time answers differ in fp32")
     return out
 
 

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +11,9 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.setdefault("LMM_CACHE", str(REPO / ".cache" / "lmm-test")))
+# runs a test does not point elsewhere log to a store of the session, never to the project's mlflow.db or a server
+os.environ["LMM_STAGE_REUSE"] = "false"  # each test trains what it asks for (tests of reuse turn it on)
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='lmm-test-mlflow-')}/mlflow.db"
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +58,8 @@ def default_run(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("default_run")
-    res = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"],
+    res = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={out}", f"logger.tracking_uri=sqlite:///{out}/mlflow.db",
+                          "trainer.enable_progress_bar=false"],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return out, res

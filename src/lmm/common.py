@@ -1,14 +1,17 @@
-"""Two small things every layer needs, kept in one leaf: a config value as plain Python (a Hydra / OmegaConf node
-resolved, anything else as it is), and a cache folder named by a hash of what it depends on, built atomically (a
-half-built folder is never found; processes racing to build it leave one complete copy)."""
+"""Small things every layer needs, kept in one leaf: a config value as plain Python (a Hydra / OmegaConf node
+resolved, anything else as it is), an exclusive file lock between processes, and a cache folder named by a hash of
+what it depends on, built atomically (a half-built folder is never found; processes racing to build it leave one
+complete copy)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,19 @@ def plain(node: Any) -> Any:
     except ImportError:  # pragma: no cover - omegaconf is a dependency; plain values need no conversion
         return node
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (made if missing; released when the process ends, even by a crash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def digest(key: Any, length: int = 12) -> str:

@@ -12,6 +12,7 @@ from lmm.common import plain
 from lmm.evaluation.during_training import BenchmarkDuringTraining
 from lmm.evaluation.run import run_eval
 from lmm.synth.world import prepare_eval, prepare_training
+from lmm.training.components import run_tags
 from lmm.training.run import run_training
 
 
@@ -25,7 +26,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("eval") and cfg.eval.after_training:
         out_dir = Path(cfg.paths.output_dir)
         eval_cfg = OmegaConf.merge(cfg.eval, {"tracking_uri": cfg.logger.tracking_uri,
-                                              "experiment_name": cfg.logger.experiment_name})
+                                              "experiment_name": cfg.logger.experiment_name,
+                                              "tags": run_tags(cfg)})  # this run's (its stages may be reused)
         results["eval"] = run_eval(prepare_eval(eval_cfg), out_dir, out_dir / "eval")
     return results
 

@@ -258,3 +258,21 @@ def test_llm_choice_is_relative_to_the_best_llm(tmp_path):
     assert "## LLM choice (Fig. 3)" in text
     assert "| Vicuna-v1.3 | 40.0 (80.0%) | 1000.0 (100.0%) |" in text
     assert (tmp_path / "llm_choice_llava_v1_5_7b.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_val_number_is_never_shown_as_test_dev_without_saying_so(tmp_path):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = c.create_experiment("lmm")
+    _run(c, exp, {"experiment": "row7_gqa", "kind": "eval", "split.vqav2": "val", "split.vizwiz": "val"},
+         metrics=[("eval/vqav2/score", 70.0), ("eval/vizwiz/score", 40.0)])
+    paper = load_paper_results(REPO / "experiments" / "paper_results.yaml")
+    report = write_report(collect_runs([f"sqlite:///{tmp_path}/mlflow.db"]), paper, tmp_path / "r")["report"]
+    note = _line(report.read_text(), "> **Not the paper's split.**")
+    assert "**VQAv2**: ours on **val**, the paper's on **test-dev**" in note and "VizWiz" in note
+    _run(c, exp, {"experiment": "row3_mlp_connector", "kind": "eval", "split.vqav2": "test-dev",
+                  "split.vizwiz": "test"}, metrics=[("eval/vqav2/score", 70.0)])  # the paper's splits: no note
+    c.delete_run(c.search_runs([exp], filter_string="tags.experiment = 'row7_gqa'")[0].info.run_id)
+    again = write_report(collect_runs([f"sqlite:///{tmp_path}/mlflow.db"]), paper, tmp_path / "r2")["report"]
+    assert "Not the paper's split" not in again.read_text()

@@ -20,7 +20,7 @@ ARGS = ["trainer.enable_progress_bar=false", "eval.after_training=false",
 
 
 def train(run_dir, strategy, *extra):
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ARGS,
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", f"logger.tracking_uri=sqlite:///{run_dir}/mlflow.db", *ARGS,
            f"strategy@stages.pretrain.strategy={strategy}", f"strategy@stages.finetune.strategy={strategy}", *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-5000:]

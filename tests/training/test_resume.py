@@ -23,7 +23,8 @@ STEPS = 24
 
 
 def cmd(run_dir, *extra):
-    return [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ARGS, *extra]
+    return [sys.executable, "train.py", f"hydra.run.dir={run_dir}", f"logger.tracking_uri=sqlite:///{run_dir}/mlflow.db",
+            *ARGS, *extra]
 
 
 def run(run_dir, *extra):

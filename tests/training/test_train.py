@@ -16,7 +16,8 @@ FAST = ["data.twin.n_pretrain=32", "data.twin.n_finetune=64", "stages.pretrain.e
 
 
 def train(tmp_path, *overrides, check=True):
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false", *overrides]
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+           "trainer.enable_progress_bar=false", *overrides]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     if check:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
@@ -57,7 +58,8 @@ def test_default_run_trains_both_stages_and_tracks(default_run):
 
 def in_process(tmp_path, *overrides):
     """`train.py` in this process (the composed config through lmm.pipeline.train)."""
-    return run_pipeline(compose_train(f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false", *overrides))
+    return run_pipeline(compose_train(f"paths.output_dir={tmp_path}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                                      "trainer.enable_progress_bar=false", *overrides))
 
 
 def test_timm_tower_and_connector_file_handoff(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from lmm.evaluation.benchmarks import get_benchmark
 from lmm.evaluation.generate import answer_questions
 from lmm.models.checkpoint import load_model_dir
 from lmm.text.templates import get_template
-from lmm.tracking.mlflow import flatten, git_sha
+from lmm.tracking.mlflow import ensure_store, flatten, git_sha, run_label
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ def load_for_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Pat
     model_dir = resolve_model_dir(checkpoint)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, spec = load_model_dir(model_dir, device)
+    if cfg.get("dtype"):  # the official evaluation runs the model in fp16 (bf16 where fp16 is not supported)
+        model = model.to(getattr(torch, cfg.dtype))
     template = get_template(cfg.template or spec.get("template") or "vicuna_v1")
     transform = image_transform_for(model, cfg.image_aspect_ratio or spec.get("image_aspect_ratio", "pad"))
     out_dir = Path(output_dir)
@@ -91,20 +94,21 @@ def open_run(ev: EvalRun, spec: dict) -> None:
     import mlflow
 
     cfg = ev.cfg
-    ev.tracking_uri = cfg.tracking_uri or spec.get("mlflow_tracking_uri") or f"sqlite:///{ev.out_dir}/mlflow.db"
+    ev.tracking_uri = (cfg.tracking_uri or spec.get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+                       or f"sqlite:///{Path('mlflow.db').resolve()}")  # the project's store (run from its root)
     ev.client = client = mlflow.MlflowClient(tracking_uri=ev.tracking_uri)
     same_store = bool(spec.get("mlflow_tracking_uri")) and ev.tracking_uri == spec.get("mlflow_tracking_uri")
     ev.parent = spec.get("mlflow_run_id") if same_store else None
-    exp = client.get_experiment_by_name(cfg.experiment_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment_name)
-    tags = {**(spec.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"], "git_sha": git_sha(),
+    exp_id = ensure_store(ev.tracking_uri, cfg.experiment_name)
+    tags = {**(spec.get("tags") or {}), **(cfg.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"], "git_sha": git_sha(),
             "template": ev.template.name}
     if ev.parent:
         tags["mlflow.parentRunId"] = ev.parent
         tags["train_run_id"] = ev.parent
-    ev.run_id = client.create_run(exp_id, tags=tags, run_name=f"eval-{ev.model_id}").info.run_id
+    ev.run_id = client.create_run(exp_id, tags=tags, run_name=f"{run_label(tags, ev.model_id)}-eval").info.run_id
     params = {"benchmarks": ",".join(cfg.benchmarks), "batch_size": cfg.batch_size, "limit": cfg.limit,
-              "checkpoint": spec["model_dir"], "data_root": str(cfg.data_root), "decoding": "greedy"}
+              "checkpoint": spec["model_dir"], "data_root": str(cfg.data_root), "decoding": "greedy",
+              "dtype": cfg.get("dtype") or str(next(ev.model.parameters()).dtype).replace("torch.", "")}
     for k, v in params.items():
         client.log_param(ev.run_id, k, "" if v is None else v)
 
@@ -138,6 +142,12 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
         client.log_metric(ev.run_id, f"eval/{name}/{k}", v)
     client.log_artifact(ev.run_id, str(ans_path), f"eval/{name}")
     client.log_artifact(ev.run_id, str(ev.out_dir / name / "scores.json"), f"eval/{name}")
+    if isinstance(scores.get("split"), str):  # which split the number comes from (VQAv2 / VizWiz: val or test-dev)
+        for run in (ev.run_id, ev.parent) if ev.parent else (ev.run_id,):
+            client.set_tag(run, f"split.{name}", scores["split"])
+    if isinstance(scores.get("score"), (int, float)):  # the headline as eval/<bench>: MLflow's Compare view
+        for run in (ev.run_id, ev.parent) if ev.parent else (ev.run_id,):  # shows Table 2's columns
+            client.log_metric(run, f"eval/{name}", float(scores["score"]))
     if ev.parent and isinstance(scores.get("score"), (int, float)):
         client.log_metric(ev.parent, f"eval/{name}/score", float(scores["score"]))
     log.info("%s: score %s (%d answers, %.1f answers/s)", name, scores.get("score"), len(answers),

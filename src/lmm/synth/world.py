@@ -12,27 +12,16 @@ Processes of one run (every rank of ``torchrun``) prepare under one file lock: t
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from lmm.common import plain
+from lmm.common import file_lock, plain
 
 
-@contextmanager
-def world_lock(cache_dir: str | Path) -> Iterator[None]:
+def world_lock(cache_dir: str | Path):
     """An exclusive lock on ``cache_dir/.world.lock`` (released when the process ends, even by a crash)."""
-    path = Path(cache_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".world.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(cache_dir) / ".world.lock")
 
 
 def twin_spec(data_cfg) -> dict | None:

@@ -2,14 +2,15 @@
 
     python -m lmm.tracking.compare [--root .] [--tracking-uri URI ...] [--out outputs/compare] [--latest]
 
-Stores default to every ``outputs/*/mlflow.db`` and ``multirun/*/mlflow.db`` under ``--root``. The paper's
-numbers come from ``experiments/paper_results.yaml``. Exit codes: 0 report written, 2 no runs (or no store)
+Stores default to the project's ``mlflow.db`` and any older ``outputs/*/mlflow.db`` / ``multirun/*/mlflow.db``
+under ``--root`` (a run merged into the project store counts once). The paper's numbers come from ``experiments/paper_results.yaml``. Exit codes: 0 report written, 2 no runs (or no store)
 found.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lmm.tracking import charts
-from lmm.tracking.paper import BENCHMARKS, PaperResults, load_paper_results
+from lmm.tracking.paper import BENCHMARKS, PAPER_SPLITS, PaperResults, load_paper_results
 from lmm.tracking.runs import (
     DEFAULT_PATTERNS,
     UNTAGGED,
@@ -169,6 +170,21 @@ def _claims(spec: dict) -> list[str]:
     return out
 
 
+def split_notes(runs: Runs | None, labels: dict[str, str]) -> list[str]:
+    """A warning for every benchmark whose numbers of ours come from another split than the paper's."""
+    if runs is None or runs.eval_runs.empty:
+        return []
+    notes = []
+    for bench, theirs in PAPER_SPLITS.items():
+        ours = sorted({s[bench] for s in runs.eval_runs["splits"] if isinstance(s, dict) and bench in s})
+        other = [x for x in ours if x.replace("_", "-") not in theirs]
+        if other:
+            notes.append(f"**{labels.get(bench, bench)}**: ours on **{' / '.join(other)}**, the paper's on "
+                         f"**{theirs[0]}**")
+    return ["> **Not the paper's split.** " + "; ".join(notes) + ". Those cells compare different question sets "
+            "(tag `split.<bench>` on each MLflow run).", ""] if notes else []
+
+
 def render_report(table: pd.DataFrame, de: pd.DataFrame, lc: pd.DataFrame, runs: Runs | None,
                   paper: PaperResults, out_dir: Path, latest: bool = False) -> tuple[str, list[Path]]:
     """The markdown report and the charts it links (written into ``out_dir``)."""
@@ -191,6 +207,7 @@ def render_report(table: pd.DataFrame, de: pd.DataFrame, lc: pd.DataFrame, runs:
            "paper's model saw that benchmark's training images; `‡` derived from the paper's own numbers "
            "(POPE: mean of the three split F1s). Units are the benchmarks' official headline scores "
            "(%, MME = perception score out of 2000).", ""]
+    md += split_notes(runs, labels)
     cites = "; ".join(f"**{k}** — {v.get('citation', '')}" for k, v in paper.sources.items())
     md += [f"Sources: {cites}.", ""]
     for key in [*paper.sections, "other"]:
@@ -268,16 +285,21 @@ def _as_uri(s: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lmm.tracking.compare", description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=".", help="where to look for stores (default: .)")
+    ap.add_argument("--root", default=None, help="where to look for stores (default: .)")
     ap.add_argument("--pattern", action="append",
                     help=f"glob under --root (default: {', '.join(DEFAULT_PATTERNS)})")
     ap.add_argument("--tracking-uri", action="append",
-                    help="an MLflow tracking URI or mlflow.db path (repeatable; replaces the globbing)")
+                    help="an MLflow tracking URI or mlflow.db path (repeatable; replaces the globbing; default: "
+                         "$MLFLOW_TRACKING_URI when set and neither --root nor --pattern is given)")
     ap.add_argument("--experiment-name", default="lmm")
     ap.add_argument("--paper", default=None, help="paper numbers (default: experiments/paper_results.yaml)")
     ap.add_argument("--out", default="outputs/compare", help="output folder (default: outputs/compare)")
     ap.add_argument("--latest", action="store_true", help="use only the newest evaluation per experiment")
     args = ap.parse_args(argv)
+    env = os.environ.get("MLFLOW_TRACKING_URI")  # the store every run logs to when it is set (a server, …)
+    if env and not (args.tracking_uri or args.pattern or args.root):
+        args.tracking_uri = [env]
+    args.root = args.root or "."
     stores = [_as_uri(u) for u in args.tracking_uri] if args.tracking_uri else \
         discover_stores(args.root, args.pattern or DEFAULT_PATTERNS)
     try:

@@ -37,6 +37,41 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def ensure_store(tracking_uri: str, experiment_name: str) -> str:
+    """Create the store's schema and the experiment once, whoever comes first: jobs started together (a parallel
+    sweep) would otherwise race MLflow's sqlite migrations ("table _alembic_tmp_... already exists") or both create
+    the experiment. A sqlite store is prepared under a lock beside it; a server settles the race itself. Returns the
+    experiment id."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from lmm.common import file_lock
+
+    def prepare() -> str:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(experiment_name)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another job
+            return client.get_experiment_by_name(experiment_name).experiment_id
+
+    if tracking_uri.startswith("sqlite:///"):
+        with file_lock(tracking_uri[len("sqlite:///"):] + ".lock"):
+            return prepare()
+    return prepare()
+
+
+def run_label(tags: dict, default: str = "train") -> str:
+    """What a run is called in MLflow: its experiment (``row7_gqa``), with the swept value in a sweep
+    (``llava_v1_5_7b[data.finetune.subsample=0.3]``); stages and evaluations add ``-<stage>`` / ``-eval``."""
+    label = str(tags.get("experiment") or default)
+    if tags.get("sweep.key"):
+        label += f"[{tags['sweep.key']}={tags.get('sweep.value')}]"
+    return label
+
+
 def run_exists(tracking_uri: str, run_id: str) -> bool:
     """Whether ``run_id`` is a live run of the store (a checkpoint from another run folder names a foreign run)."""
     import mlflow

@@ -13,6 +13,11 @@ BENCHMARKS = ("vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "mme", "
 POPE_SPLITS = ("pope_rand", "pope_pop", "pope_adv")
 
 
+# The split of the paper's number where a benchmark has several (our default for these is val: test-dev answers are
+# scored on EvalAI only), with the names our benchmarks give it. A number of ours from another split is labelled.
+PAPER_SPLITS = {"vqav2": ("test-dev",), "vizwiz": ("test-dev", "test")}
+
+
 def default_paper_file() -> Path:
     """``experiments/paper_results.yaml`` of the working directory, else of this package's checkout."""
     here = Path.cwd() / "experiments" / "paper_results.yaml"

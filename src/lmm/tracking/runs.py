@@ -22,11 +22,11 @@ import yaml
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 log = logging.getLogger(__name__)
 
-DEFAULT_PATTERNS = ("outputs/*/mlflow.db", "multirun/*/mlflow.db")
+DEFAULT_PATTERNS = ("mlflow.db", "outputs/*/mlflow.db", "multirun/*/mlflow.db")  # the project store first
 UNTAGGED = "(untagged)"
 RUN_COLUMNS = ["run_id", "tracking_uri", "run_name", "status", "start_time", "kind", "stage", "experiment",
                "paper_table", "paper_row", "sweep", "sweep_key", "sweep_value", "run_group", "git_sha",
-               "twin", "seed", "parent_run_id"]
+               "twin", "seed", "parent_run_id", "splits"]
 SCORE_COLUMNS = ["run_id", "benchmark", "metric", "value"]
 
 
@@ -127,12 +127,16 @@ def collect_runs(tracking_uris: Sequence[str], experiment_name: str = "lmm") -> 
                 "sweep": tags.get("sweep"), "sweep_key": tags.get("sweep.key"),
                 "sweep_value": tags.get("sweep.value"), "run_group": tags.get("run_group"),
                 "git_sha": tags.get("git_sha"), "twin": twin, "seed": params.get("seed"),
-                "parent_run_id": tags.get("mlflow.parentRunId"),
+                "parent_run_id": tags.get("mlflow.parentRunId"), "merged_from": tags.get("lmm.merged_from"),
+                "splits": {k[6:]: v for k, v in tags.items() if k.startswith("split.")},
             }
             scores.extend(_score_rows(rid, run.data.metrics))
     if not records:
         why = "".join(f"\n  unreadable: {p}" for p in problems)
         raise NoRunsError(f"no runs of experiment {experiment_name!r} in: {', '.join(tracking_uris)}{why}")
+    # a run merged into the project store (lmm.tracking.merge) and still in its old store counts once: the copy
+    originals = {rec["merged_from"].rsplit("#", 1)[-1] for rec in records.values() if rec["merged_from"]}
+    records = {rid: rec for rid, rec in records.items() if rid not in originals}
     # An evaluation inherits what it does not say itself (twin flag, seed) from the training run it evaluates.
     for rec in records.values():
         parent = records.get(rec["parent_run_id"] or "")
@@ -140,7 +144,7 @@ def collect_runs(tracking_uris: Sequence[str], experiment_name: str = "lmm") -> 
             if rec[col] is None and parent is not None:
                 rec[col] = parent[col]
         rec["twin"] = bool(rec["twin"])
-    runs = pd.DataFrame(list(records.values()), columns=RUN_COLUMNS)
+    runs = pd.DataFrame([{c: rec[c] for c in RUN_COLUMNS} for rec in records.values()], columns=RUN_COLUMNS)
     return Runs(runs=runs, scores=pd.DataFrame(scores, columns=SCORE_COLUMNS), stores=list(tracking_uris),
                 problems=problems)
 

@@ -47,6 +47,7 @@ from lmm.training.components import (
 )
 from lmm.training.module import LlavaLitModule
 from lmm.training.precision import resolve_precision, set_tf32
+from lmm.training.reuse import record, reuse, reuse_tags
 from lmm.training.stages import format_param_table, load_connector, save_connector
 from lmm.training.strategies import build_strategy, strategy_name
 
@@ -128,9 +129,12 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
     results: dict[str, Any] = {"output_dir": str(out_dir), "stages": {}}
     history: list[tuple[DictConfig, Path]] = []  # finished stages and their weights, in order
     is_zero = True
+    reused: dict[str, dict] = {}  # stages taken from an earlier run with the same inputs (lmm.training.reuse)
     for name in cfg.run_stages:
         stage, stage_dir = cfg.stages[name], out_dir / name
         done = stage_done(stage_dir) if cfg.get("resume") else None
+        if not done and (info := reuse(cfg, name, stage_dir)):
+            reused[name], done = info, {**stage_done(stage_dir), "reused_from": info["source_dir"]}
         if done:
             log.info("stage %s finished in an earlier run (%s): kept, not redone", name, stage_dir / DONE_FILE)
             adopt_stage(cfg, stage, model, stage_dir / "last.ckpt")
@@ -141,7 +145,7 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
         if stage.get("init_connector"):
             load_connector(model, stage.init_connector)
         result, trainer, sharded, logger = train_stage(cfg, name, stage, model, tokenizer, precision, sha, resolved,
-                                                       cfg_yaml, ckpt, ckpt_info, extra_callbacks)
+                                                       cfg_yaml, ckpt, ckpt_info, extra_callbacks, reuse_tags(reused))
         history.append((stage, stage_dir / "last.ckpt"))
         if sharded:  # the trained model is sharded across ranks: rebuild it whole from the stages' weights
             model = build_model(cfg, tokenizer)
@@ -189,7 +193,7 @@ def resume_point(cfg: DictConfig, stage_dir: Path, first: bool) -> tuple[Path | 
 
 def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer, precision: str, sha: str,
                 resolved: dict, cfg_yaml: Path, ckpt: Path | None, ckpt_info: dict,
-                extra_callbacks: StageCallbacks | None = None):
+                extra_callbacks: StageCallbacks | None = None, extra_tags: dict[str, str] | None = None):
     stage_dir = Path(cfg.paths.output_dir) / name
     model.hd_active = model.hd is not None and bool(stage.get("hd", True))
     transform = image_transform_for(model, stage.image_aspect_ratio)
@@ -203,8 +207,10 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
         log.warning("the checkpoint's MLflow run %s is not in %s: the resumed stage gets a new run", run_id,
                     cfg.logger.tracking_uri)
         run_id = None
-    logger = instantiate(cfg.logger, run_name=f"{cfg.run_name}-{name}", run_id=run_id, tags={
-        "stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir), **run_tags(cfg)}, _convert_="all")
+    tags = {**run_tags(cfg), **(extra_tags or {})}
+    track.ensure_store(cfg.logger.tracking_uri, cfg.logger.experiment_name)
+    logger = instantiate(cfg.logger, run_name=f"{track.run_label(tags)}-{name}", run_id=run_id, tags={
+        "stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir), **tags}, _convert_="all")
     callbacks = stage_callbacks(cfg, name, tokenizer, processor, extra_callbacks)
     preempt = next(cb for cb in callbacks if isinstance(cb, StepCheckpoints))
     trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
@@ -270,6 +276,7 @@ def finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer
     track.log_artifact(logger, connector_file)
     logger.finalize("success")
     write_json_atomic(result, stage_dir / DONE_FILE)
+    record(cfg, name, stage_dir, logger.run_id)
     log.info("stage %s done: loss %.4f → %.4f over %d steps; checkpoint %s", name, result["first_loss"] or 0,
              result["last_loss"] or 0, result["steps"], result["checkpoint"])
 

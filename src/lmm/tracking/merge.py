@@ -1,0 +1,116 @@
+"""Copy the runs of older per-run stores (``outputs/*/mlflow.db``, ``multirun/*/mlflow.db``) into the project's one
+store, so that the MLflow UI compares them side by side.
+
+    python -m lmm.tracking.merge [SRC ...] [--into sqlite:///mlflow.db]
+
+Sources default to every ``outputs/*/mlflow.db`` and ``multirun/*/mlflow.db`` under the current folder. Each run is
+copied with its name, status, times, params, tags, every metric value (whole history, steps and timestamps) and its
+artifacts; parent/child links (an evaluation under its training run) are re-pointed at the copies. A copied run is
+tagged ``lmm.merged_from = <source URI>#<run id>``, so merging again copies nothing twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+log = logging.getLogger(__name__)
+
+MERGED_FROM = "lmm.merged_from"
+PARENT = "mlflow.parentRunId"
+SYSTEM_TAGS = ("mlflow.runName", PARENT)  # set by create_run / re-pointed, never copied as they are
+
+
+def _all_runs(client, experiment_ids: list[str]) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _copy_run(src, dst, run, experiment_id: str, origin: str, parent: str | None) -> str:
+    from mlflow.entities import Metric, Param
+
+    tags = {k: v for k, v in run.data.tags.items() if k not in SYSTEM_TAGS}
+    tags[MERGED_FROM] = origin
+    if parent:
+        tags[PARENT] = parent
+    new = dst.create_run(experiment_id, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name)
+    rid = new.info.run_id
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    metrics = [Metric(m.key, m.value, m.timestamp, m.step) for key in run.data.metrics
+               for m in src.get_metric_history(run.info.run_id, key)]
+    for i in range(0, len(params), 100):  # log_batch takes at most 100 params / 1000 metrics a call
+        dst.log_batch(rid, params=params[i:i + 100])
+    for i in range(0, len(metrics), 1000):
+        dst.log_batch(rid, metrics=metrics[i:i + 1000])
+    if src.list_artifacts(run.info.run_id):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = src.download_artifacts(run.info.run_id, "", tmp)
+            dst.log_artifacts(rid, local)
+    dst.set_terminated(rid, status=run.info.status, end_time=run.info.end_time)
+    return rid
+
+
+def merge(sources: list[str], into: str, echo=print) -> dict[str, int]:
+    """Copy every run of every experiment of ``sources`` into the store ``into`` (same experiment names)."""
+    from mlflow import MlflowClient
+
+    dst = MlflowClient(tracking_uri=into)
+    counts = {"copied": 0, "already": 0, "stores": 0}
+    for uri in sources:
+        if uri == into:
+            continue
+        src = MlflowClient(tracking_uri=uri)
+        counts["stores"] += 1
+        for exp in src.search_experiments():
+            target = dst.get_experiment_by_name(exp.name)
+            exp_id = target.experiment_id if target else dst.create_experiment(exp.name)
+            done = {r.data.tags[MERGED_FROM]: r.info.run_id for r in _all_runs(dst, [exp_id])
+                    if MERGED_FROM in r.data.tags}
+            runs = sorted(_all_runs(src, [exp.experiment_id]), key=lambda r: PARENT in r.data.tags)  # parents first
+            copies: dict[str, str] = {}
+            for run in runs:
+                origin = f"{uri}#{run.info.run_id}"
+                if origin in done:
+                    copies[run.info.run_id] = done[origin]
+                    counts["already"] += 1
+                    continue
+                parent = run.data.tags.get(PARENT)
+                copies[run.info.run_id] = _copy_run(src, dst, run, exp_id, origin, copies.get(parent, parent))
+                counts["copied"] += 1
+    echo(f"merged {counts['stores']} store(s) into {into}: {counts['copied']} run(s) copied, "
+         f"{counts['already']} already there")
+    return counts
+
+
+def _as_uri(path_or_uri: str) -> str:
+    return path_or_uri if "://" in path_or_uri else f"sqlite:///{Path(path_or_uri).resolve()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lmm.tracking.merge", description=__doc__.split("\n\n")[0])
+    p.add_argument("sources", nargs="*", help="mlflow.db files or tracking URIs (default: outputs/*/mlflow.db, "
+                                              "multirun/*/mlflow.db)")
+    p.add_argument("--into", default=os.environ.get("MLFLOW_TRACKING_URI") or "mlflow.db",
+                   help="the target store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    a = p.parse_args(argv)
+    sources = a.sources or sorted(str(f) for pattern in ("outputs/*/mlflow.db", "multirun/*/mlflow.db")
+                                  for f in Path(".").glob(pattern))
+    if not sources:
+        print("nothing to merge: no outputs/*/mlflow.db or multirun/*/mlflow.db here", file=sys.stderr)
+        return 2
+    merge([_as_uri(s) for s in sources], _as_uri(a.into))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
