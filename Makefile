@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast test-learning test-long table2 lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui tracking-server merge-runs \
-	compare bench-gen bench-data rehearse-data bench-gpu merge-lora export-hf import-hf clean
+	compare bench-gen bench-train bench-data rehearse-data bench-gpu merge-lora export-hf import-hf clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ merge-runs: ## Copy old per-run stores (outputs/*/mlflow.db, multirun/*/mlflow.d
 
 bench-gen: ## Benchmark batched vs one-at-a-time generation (answers/s, identical answers, ratio)
 	$(PY) benchmarks/generation_benchmark.py
+
+bench-train: ## Training step vs transformers' Llava, same weights and samples: useful tokens/s, ratio, peak memory; ARGS=...
+	$(PY) benchmarks/train_step_benchmark.py $(ARGS)
 
 bench-data: ## Benchmark the shard DataModule vs a LLaVA-style lazy JSON loader (samples/s, ratio)
 	$(PY) benchmarks/loader_benchmark.py

@@ -140,6 +140,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10; toy 2)")
     ap.add_argument("--ckpt", action="store_true", help="activation checkpointing in the LLM")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default: by GPU name)")
+    ap.add_argument("--logits", choices=("labelled", "all"), default="labelled",
+                    help="LM head at labelled positions only (training's path) or everywhere (LLaVA's)")
+    ap.add_argument("--packing", action="store_true", help="padding-free packed micro-batch (as training with "
+                                                           "FlashAttention); run with and without to compare")
     a = ap.parse_args(argv)
     batch, seq = a.batch or (2 if a.toy else 8), a.seq or (128 if a.toy else 2048)
     warmup, steps = a.warmup if a.warmup is not None else (1 if a.toy else 3), a.steps or (2 if a.toy else 10)
@@ -159,7 +163,7 @@ def main(argv=None) -> dict:
 
     def step(keep_grad_of=None):
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = model(ids, mask, labels, pixels)
+            out = model(ids, mask, labels, pixels, logits=a.logits, packed=a.packing)
         out.loss.backward()
         grad = keep_grad_of.grad.detach().clone() if keep_grad_of is not None else None
         opt.step()
@@ -188,7 +192,8 @@ def main(argv=None) -> dict:
     n = {k: sum(p.numel() for p in getattr(model, k).parameters()) for k in ("vision", "connector", "llm")}
     print(f"device: {name}{' (toy)' if a.toy else ''}; torch {torch.__version__}")
     print(f"model: vision {n['vision']:,} (frozen, bf16) + connector {n['connector']:,} + llm {n['llm']:,} "
-          f"(trainable, fp32 masters) parameters; activation checkpointing {'on' if a.ckpt else 'off'}")
+          f"(trainable, fp32 masters) parameters; activation checkpointing {'on' if a.ckpt else 'off'}; logits "
+          f"{a.logits}; packing {'on' if a.packing else 'off'}")
     print(f"batch: {batch} × {seq} tokens ({model.num_image_tokens} image tokens); {warmup} warm-up + {steps} timed "
           f"steps of forward + backward + AdamW")
     print(f"step time: {dt:.4f} s")

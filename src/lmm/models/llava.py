@@ -137,22 +137,52 @@ class LlavaModel(nn.Module):
         return Spliced(out_e, out_m, out_p, out_l, n_truncated)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, image_grids: torch.Tensor | None = None) -> LlavaOutput:
+                pixel_values: torch.Tensor | None = None, image_grids: torch.Tensor | None = None,
+                logits: str = "all", packed: bool = False) -> LlavaOutput:
+        """The spliced forward pass and the loss: the mean cross-entropy over the micro-batch's target tokens
+        (LLaVA / HF).
+
+        ``logits="all"`` returns the logits of every position (``[B, T, vocab]``); ``logits="labelled"`` (training)
+        runs the LM head only where a label is — image tokens, the system prompt, questions and padding teach
+        nothing, and their logits are most of a stage-2 batch's memory (16 × 2048 × 32K fp32 ≈ 4 GB) — and returns
+        those rows only (``[n_target_tokens, vocab]``). ``packed=True`` runs the LLM padding-free: the micro-batch's
+        samples as one sequence with per-sample position ids and no attention mask, from which transformers builds
+        attention that never crosses samples (a block-causal mask for SDPA / eager / flex, varlen FlashAttention-2).
+        Both give the padded path's loss and gradients (tests/models/test_fast_paths.py)."""
+        if logits not in ("all", "labelled"):
+            raise ValueError(f"logits must be 'all' or 'labelled', got {logits!r}")
         s = self.splice(input_ids, attention_mask, labels, pixel_values, "right", image_grids)
-        logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
-                          position_ids=s.position_ids, use_cache=False).logits
-        loss, n_tok, masked = logits.new_zeros(()), 0, []
+        keep = s.attention_mask.bool()
+        if packed:  # [1, N]: the samples one after the other; a sample's first token is no target of the one before
+            pos = s.position_ids[keep].unsqueeze(0)
+            kwargs = dict(inputs_embeds=s.inputs_embeds[keep].unsqueeze(0), attention_mask=None, position_ids=pos)
+            seq_labels = None if s.labels is None else s.labels[keep].unsqueeze(0).masked_fill(pos == 0, IGNORE_INDEX)
+        else:
+            kwargs = dict(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, position_ids=s.position_ids)
+            seq_labels = s.labels
+        shift_labels = seq_labels[:, 1:] if seq_labels is not None else None
+        if logits == "labelled" and shift_labels is not None:
+            hidden = self.llm.get_decoder()(**kwargs, use_cache=False).last_hidden_state
+            where = shift_labels != IGNORE_INDEX
+            out_logits = self.llm.get_output_embeddings()(hidden[:, :-1][where])
+            scored, targets = out_logits, shift_labels[where]
+        else:
+            out_logits = self.llm(**kwargs, use_cache=False).logits
+            scored, targets = out_logits[:, :-1], shift_labels
+            if packed:  # back to the padded layout callers expect (zeros at padding)
+                padded = out_logits.new_zeros(*keep.shape, out_logits.shape[-1])
+                padded[keep] = out_logits[0]
+                out_logits = padded
+        loss, n_tok, masked = out_logits.new_zeros(()), 0, []
         if s.labels is not None:
             masked = torch.nonzero((s.labels == IGNORE_INDEX).all(dim=1)).flatten().tolist()
-            shift_logits = logits[:, :-1].float()
-            shift_labels = s.labels[:, 1:]
-            n_tok = int((shift_labels != IGNORE_INDEX).sum())
-            ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+            n_tok = int((targets != IGNORE_INDEX).sum())
+            ce = F.cross_entropy(scored.float().reshape(-1, scored.shape[-1]), targets.reshape(-1),
                                  ignore_index=IGNORE_INDEX, reduction="sum")
             # Mean over the micro-batch's target tokens (LLaVA / HF); a batch without targets gives a zero loss
             # that still carries a graph instead of NaN — and is counted by the masked-sample guard.
             loss = ce / max(n_tok, 1)
-        return LlavaOutput(loss, logits, n_tok, s.n_truncated, s.attention_mask, masked)
+        return LlavaOutput(loss, out_logits, n_tok, s.n_truncated, s.attention_mask, masked)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,

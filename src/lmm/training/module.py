@@ -29,8 +29,13 @@ class LlavaLitModule(L.LightningModule):
     def __init__(self, model: LlavaModel, trainable: list[str], lr: float, connector_lr: float | None = None,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas=(0.9, 0.999), eps: float = 1e-8,
                  lora: dict | None = None, nonfinite: str = "raise", fsdp: dict | None = None,
-                 fp32_masters: bool = True):
+                 fp32_masters: bool = True, packing: bool | str = False):
         super().__init__()
+        if packing not in (True, False, "auto"):
+            raise ValueError(f"packing must be true, false or auto, got {packing!r}")
+        if packing == "auto":  # varlen FlashAttention packs for free; SDPA would need a dense block mask
+            packing = str(getattr(model.llm.config, "_attn_implementation", "")).startswith("flash_attention")
+        self.packing = packing  # padding-free micro-batches (LlavaModel.forward(packed=True))
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"guard.nonfinite must be raise or skip, got {nonfinite!r}")
         self.model = model
@@ -140,7 +145,8 @@ class LlavaLitModule(L.LightningModule):
             self._any_rank(False)
             return self._zero_loss()
         out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
-                         image_grids=batch.image_grids)
+                         image_grids=batch.image_grids, logits="labelled",  # LM head at labelled positions only
+                         packed=self.packing)
         if self._any_rank(not math.isfinite(float(out.loss.detach()))):
             if self.nonfinite == "raise":
                 raise NonFiniteError(

@@ -92,7 +92,7 @@ def make_module(cfg: DictConfig, stage: DictConfig, model) -> LlavaLitModule:
     return LlavaLitModule(model, list(stage.trainable), stage.lr, stage.get("connector_lr"), stage.weight_decay,
                           stage.warmup_ratio, lora=stage.get("lora"), nonfinite=cfg.get("guard", {}).get(
                               "nonfinite", "raise"), fsdp=spec if spec.get("name") == "fsdp" else None,
-                          fp32_masters=spec.get("name") != "deepspeed")
+                          fp32_masters=spec.get("name") != "deepspeed", packing=stage.get("packing", "auto"))
 
 
 def adopt_stage(cfg: DictConfig, stage: DictConfig, model, checkpoint: str | Path) -> None:

@@ -8,7 +8,8 @@ state in fp32 (:mod:`lmm.training.precision`):
 * ``fsdp``: PyTorch FSDP2 (``fully_shard``) through Lightning's ``ModelParallelStrategy`` (it runs on CPU as well,
   unlike Lightning's FSDP1 strategy): the sharded parameters are fp32 masters, gathered in ``param_dtype`` for
   compute, gradients reduced in ``reduce_dtype``. Units: every decoder layer of the LLM (its ``_no_split_modules``
-  class), the vision tower, the connector, the rest of the LLM, the root.
+  class), the token embeddings, the decoder, the LM head, the vision tower, the connector, the rest of the LLM, the
+  root.
 * ``deepspeed``: the official JSON, verbatim, with HF Trainer's ``auto`` values resolved by
   :func:`resolve_deepspeed_config`; DeepSpeed holds fp32 masters of the bf16 model (``bf16.enabled``).
 """
@@ -182,8 +183,14 @@ def shard_fsdp(model: nn.Module, mesh, spec: Any) -> int:
     # hook gathers them on that call — unless tied to the LM head, which then keeps them in the LLM's unit.
     embed = model.llm.get_input_embeddings()
     head = model.llm.get_output_embeddings()
-    if head is None or head.weight is not embed.weight:
+    tied = head is not None and head.weight is embed.weight
+    if not tied:
         units.append(embed)
+    # Training calls the decoder and the LM head one after the other (the head at labelled positions only,
+    # LlavaModel.forward(logits="labelled")): each is a unit, so its own hook gathers it on that call.
+    units.append(model.llm.get_decoder())
+    if head is not None and not tied:
+        units.append(head)
     # Frozen and trainable parameters get their own units (a unit holds one dtype: frozen parts may be bf16).
     units += [model.vision, model.connector, model.llm]
     for unit in units:
