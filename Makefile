@@ -13,7 +13,7 @@ export DO_NOT_TRACK ?= true
 	compare bench-gen bench-train bench-data rehearse-data bench-gpu merge-lora export-hf import-hf clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 setup: ## Create .venv: torch + torchvision pinned first, then the package (dev, deepspeed, cluster extras) held to them
 	python3 -m venv $(VENV)
@@ -106,7 +106,7 @@ import-hf: ## Import a llava-hf folder (e.g. llava-1.5-7b-hf) as an lmm model fo
 score: ## Score a predictions file: make score BENCH=pope PRED=answers.jsonl ROOT=playground/data/eval
 	$(PY) -m lmm.evaluation score $(BENCH) --predictions $(PRED) --data-root $(ROOT)
 
-compare: ## Report + charts of all runs (outputs/, multirun/) beside the paper's numbers → outputs/compare/
+compare: ## Report + charts of the runs in the project's store (and older outputs/, multirun/ stores) beside the paper's numbers → outputs/compare/
 	$(PY) -m lmm.tracking.compare $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv)
