@@ -30,7 +30,7 @@ test-fast: ## Run the tests not marked slow
 test-learning: ## The learning proof: pretrained twins (once per cache), 24K stage-2 samples, scores well above chance
 	$(PY) -m pytest -q -s -m learning
 
-test-long: ## The long end-to-end checks CI runs after `make test`: the learning proof, `make table2`, 4 jobs on a tracking server
+test-long: ## The long end-to-end checks CI runs after `make test`: learning proof, table2, tracking server, 2-rank DDP/FSDP, pre-emption
 	$(PY) -m pytest -q -s -m "learning or long"
 
 lint: ## Ruff over the package, entry points and tests; import-linter's contracts (pyproject.toml) over src/lmm

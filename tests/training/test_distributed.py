@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # 2-rank train.py runs (≈ 70 s): make test-long (CI)
 # 2 ranks × micro 4 × accumulation 2 = the stage-2 global batch of 16; stage 1: 2 × 8 × 1 = 16.
 ARGS = ["trainer.enable_progress_bar=false", "eval.after_training=false",
         "data.twin.n_pretrain=32", "data.twin.n_finetune=64",

@@ -64,6 +64,7 @@ def loss_history(run_dir):
     return runs[0], client.get_metric_history(runs[0].info.run_id, "train/loss")
 
 
+@pytest.mark.long  # three train.py processes, signals included (≈ 70 s): make test-long (CI)
 def test_preempted_and_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     ref_dir, dir_ = tmp_path / "reference", tmp_path / "interrupted"
     run(ref_dir)
