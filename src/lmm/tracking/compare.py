@@ -28,6 +28,7 @@ from lmm.tracking.runs import (
     collect_runs,
     discover_stores,
     headline_scores,
+    store_uri,
     summarize,
 )
 
@@ -279,10 +280,6 @@ def write_report(runs: Runs | None, paper: PaperResults | None = None,
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def _as_uri(s: str) -> str:
-    return s if "://" in s else f"sqlite:///{Path(s).resolve()}"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lmm.tracking.compare", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=None, help="where to look for stores (default: .)")
@@ -300,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if env and not (args.tracking_uri or args.pattern or args.root):
         args.tracking_uri = [env]
     args.root = args.root or "."
-    stores = [_as_uri(u) for u in args.tracking_uri] if args.tracking_uri else \
+    stores = [store_uri(u) for u in args.tracking_uri] if args.tracking_uri else \
         discover_stores(args.root, args.pattern or DEFAULT_PATTERNS)
     try:
         paper = load_paper_results(args.paper)

@@ -18,22 +18,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lmm.tracking.runs import search_all, store_uri
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 log = logging.getLogger(__name__)
 
 MERGED_FROM = "lmm.merged_from"
 PARENT = "mlflow.parentRunId"
 SYSTEM_TAGS = ("mlflow.runName", PARENT)  # set by create_run / re-pointed, never copied as they are
-
-
-def _all_runs(client, experiment_ids: list[str]) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _copy_run(src, dst, run, experiment_id: str, origin: str, parent: str | None) -> str:
@@ -74,9 +66,9 @@ def merge(sources: list[str], into: str, echo=print) -> dict[str, int]:
         for exp in src.search_experiments():
             target = dst.get_experiment_by_name(exp.name)
             exp_id = target.experiment_id if target else dst.create_experiment(exp.name)
-            done = {r.data.tags[MERGED_FROM]: r.info.run_id for r in _all_runs(dst, [exp_id])
+            done = {r.data.tags[MERGED_FROM]: r.info.run_id for r in search_all(dst, exp_id)
                     if MERGED_FROM in r.data.tags}
-            runs = sorted(_all_runs(src, [exp.experiment_id]), key=lambda r: PARENT in r.data.tags)  # parents first
+            runs = sorted(search_all(src, exp.experiment_id), key=lambda r: PARENT in r.data.tags)  # parents first
             copies: dict[str, str] = {}
             for run in runs:
                 origin = f"{uri}#{run.info.run_id}"
@@ -92,10 +84,6 @@ def merge(sources: list[str], into: str, echo=print) -> dict[str, int]:
     return counts
 
 
-def _as_uri(path_or_uri: str) -> str:
-    return path_or_uri if "://" in path_or_uri else f"sqlite:///{Path(path_or_uri).resolve()}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmm.tracking.merge", description=__doc__.split("\n\n")[0])
     p.add_argument("sources", nargs="*", help="mlflow.db files or tracking URIs (default: outputs/*/mlflow.db, "
@@ -108,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sources:
         print("nothing to merge: no outputs/*/mlflow.db or multirun/*/mlflow.db here", file=sys.stderr)
         return 2
-    merge([_as_uri(s) for s in sources], _as_uri(a.into))
+    merge([store_uri(s) for s in sources], store_uri(a.into))
     return 0
 
 

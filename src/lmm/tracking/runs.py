@@ -75,7 +75,13 @@ def _twin_from_checkpoint(checkpoint: str | None) -> bool | None:
     return _truthy((spec.get("model") or {}).get("twin"))
 
 
-def _search_all(client, experiment_id: str) -> list:
+def store_uri(path_or_uri: str) -> str:
+    """A tracking URI as it is, or an ``mlflow.db`` path as its sqlite URI."""
+    return path_or_uri if "://" in path_or_uri else f"sqlite:///{Path(path_or_uri).resolve()}"
+
+
+def search_all(client, experiment_id: str) -> list:
+    """Every run of one experiment (all pages)."""
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token)
@@ -105,7 +111,7 @@ def collect_runs(tracking_uris: Sequence[str], experiment_name: str = "lmm") -> 
         try:
             client = MlflowClient(tracking_uri=uri)
             exp = client.get_experiment_by_name(experiment_name)
-            found = [] if exp is None else _search_all(client, exp.experiment_id)
+            found = [] if exp is None else search_all(client, exp.experiment_id)
         except Exception as e:  # a broken or unreachable store must not hide the others
             problems.append(f"{uri}: {type(e).__name__}: {e}")
             log.warning("skipping %s: %s", uri, e)
