@@ -75,66 +75,86 @@ class LlavaModel(nn.Module):
     def splice(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
                pixel_values: torch.Tensor | None, padding_side: str = "right",
                image_grids: torch.Tensor | None = None) -> Spliced:
+        """Batched, with no loop over samples or images: each input position gets its length in the output (1 for
+        a text token, ``T_k`` for the marker of the k-th image in row-major order, 0 for padding), whose cumulative
+        sum along the row is where it starts there; the text embeddings and the image-feature rows are then copied
+        to those places of one flat ``[B·T, H]`` buffer (whose backward hands each its own gradient)."""
         embed = self.llm.get_input_embeddings()
+        dev = input_ids.device
         is_marker = input_ids == IMAGE_TOKEN_INDEX
-        text_embeds = embed(input_ids.masked_fill(is_marker, 0))
         n_markers = int(is_marker.sum())
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         if image_grids is not None and pixel_values is not None:
             n_images = image_grids.shape[0]  # HD: pixel_values holds several views per image
         if n_markers != n_images:
             raise ValueError(f"the batch has {n_markers} <image> markers but {n_images} images")
-        image_feats = None
+        valid = attention_mask.bool()  # padding may be on either side: only real positions count
+        text, marker = valid & ~is_marker, valid & is_marker
+        n_used = int(marker.sum())  # n_images, unless a marker sits in padding (it then consumes no image)
+
+        # The features of the images used as one [sum_k T_k, H] tensor, and their token counts (HD: variable).
+        feats, img_len = None, torch.zeros(0, dtype=torch.long, device=dev)
         if n_images:
-            image_feats = [f.to(text_embeds.dtype) for f in self.image_features(pixel_values, image_grids)]
+            feats = self.image_features(pixel_values, image_grids)
+            if isinstance(feats, torch.Tensor):  # [n_images, T, H]
+                img_len = torch.full((n_used,), feats.shape[1], dtype=torch.long, device=dev)
+                feats = feats[:n_used].reshape(-1, feats.shape[-1])
+            else:  # HD: a list of [T_k, H]
+                img_len = torch.tensor([f.shape[0] for f in feats[:n_used]], dtype=torch.long, device=dev)
+                feats = torch.cat(feats[:n_used]) if n_used else None
 
-        rows_e, rows_l, img = [], [], 0
-        for i in range(input_ids.shape[0]):
-            valid = attention_mask[i].bool()
-            ids, emb = input_ids[i][valid], text_embeds[i][valid]
-            lab = labels[i][valid] if labels is not None else None
-            cuts = [-1] + torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist() + [ids.shape[0]]
-            parts_e, parts_l = [], []
-            for k in range(len(cuts) - 1):
-                a, b = cuts[k] + 1, cuts[k + 1]
-                parts_e.append(emb[a:b])
-                if lab is not None:
-                    parts_l.append(lab[a:b])
-                if k < len(cuts) - 2:
-                    parts_e.append(image_feats[img])
-                    if lab is not None:
-                        parts_l.append(lab.new_full((image_feats[img].shape[0],), IGNORE_INDEX))
-                    img += 1
-            rows_e.append(torch.cat(parts_e))
-            rows_l.append(torch.cat(parts_l) if lab is not None else None)
+        # The layout. Boolean-mask assignment is row-major, so the k-th marker gets the k-th image's length.
+        size = text.long()
+        size[marker] = img_len
+        start = size.cumsum(1) - size  # the output column where each position's token(s) begin
+        row_len = size.sum(1)
+        n_truncated = int((row_len > self.max_length).sum())
+        out_len = row_len.clamp(max=self.max_length)  # truncated after the splice
+        B, T = input_ids.shape[0], int(out_len.max())
+        shift = T - out_len if padding_side != "right" else torch.zeros_like(out_len)  # generation pads left
+        row_base = torch.arange(B, device=dev) * T + shift  # flat index of each row's column 0
 
-        if image_feats is None and self.training and any(p.requires_grad for p in self.connector.parameters()):
+        # Text: only the tokens kept are looked up (in one call, as the embeddings' FSDP unit expects).
+        keep_text = text & (start < self.max_length)
+        text_dst = (row_base[:, None] + start)[keep_text]
+        text_embeds = embed(input_ids[keep_text])
+        out_e = text_embeds.new_zeros(B * T, text_embeds.shape[-1])
+        out_e.index_copy_(0, text_dst, text_embeds)
+
+        if n_used:
+            # Feature row r is token r - first[k] of image k = tok_img[r]: its column is that image's marker
+            # column plus that offset, in the marker's row; tokens from max_length on are dropped.
+            n_tok = feats.shape[0]
+            tok_img = torch.repeat_interleave(torch.arange(n_used, device=dev), img_len, output_size=n_tok)
+            r = torch.arange(n_tok, device=dev)
+            k_col = start[marker] - (img_len.cumsum(0) - img_len)  # column of feature row r is k_col[k] + r
+            col = k_col[tok_img] + r
+            img_dst = (row_base[marker.nonzero()[:, 0]] + k_col)[tok_img] + r
+            src = feats.to(text_embeds.dtype)
+            keep = col < self.max_length
+            if not bool(keep.all()):
+                img_dst, src = img_dst[keep], src[keep]
+            out_e.index_copy_(0, img_dst, src)
+        out_e = out_e.view(B, T, out_e.shape[-1])
+
+        if not n_images and self.training and any(p.requires_grad for p in self.connector.parameters()):
             # A text-only batch: keep the connector in the graph with a zero contribution (LLaVA's [0:0] slice),
             # so DDP / ZeRO see a gradient (of zeros) for every trainable parameter.
             probe = next(self.connector.parameters())
-            dummy = self.connector(torch.zeros(1, 1, self.vision.hidden_size, dtype=probe.dtype,
-                                               device=text_embeds.device))
-            rows_e[0] = rows_e[0] + 0.0 * dummy.sum()
+            dummy = self.connector(torch.zeros(1, 1, self.vision.hidden_size, dtype=probe.dtype, device=dev))
+            zero = 0.0 * dummy.sum()
             if self.hd is not None and self.hd_active and self.hd.row_end.requires_grad:
-                rows_e[0] = rows_e[0] + 0.0 * self.hd.row_end.sum()
+                zero = zero + 0.0 * self.hd.row_end.sum()
+            out_e[0] += zero
 
-        n_truncated = sum(int(r.shape[0] > self.max_length) for r in rows_e)
-        rows_e = [r[: self.max_length] for r in rows_e]
-        rows_l = [r[: self.max_length] if r is not None else None for r in rows_l]
-        B, T, H = len(rows_e), max(r.shape[0] for r in rows_e), text_embeds.shape[-1]
-        out_e = text_embeds.new_zeros(B, T, H)
-        out_m = attention_mask.new_zeros(B, T)
-        out_p = torch.zeros(B, T, dtype=torch.long, device=input_ids.device)
-        out_l = input_ids.new_full((B, T), IGNORE_INDEX) if labels is not None else None
-        for i, r in enumerate(rows_e):
-            n = r.shape[0]
-            sl = slice(0, n) if padding_side == "right" else slice(T - n, T)
-            out_e[i, sl] = r
-            out_m[i, sl] = 1
-            out_p[i, sl] = torch.arange(n, device=input_ids.device)
-            if out_l is not None:
-                out_l[i, sl] = rows_l[i]
-        return Spliced(out_e, out_m, out_p, out_l, n_truncated)
+        out_l = None
+        if labels is not None:  # image positions (and padding) keep IGNORE_INDEX
+            out_l = input_ids.new_full((B * T,), IGNORE_INDEX)
+            out_l[text_dst] = labels[keep_text].to(out_l.dtype)
+            out_l = out_l.view(B, T)
+        pos = torch.arange(T, device=dev) - shift[:, None]  # 0..n-1 over each row's real tokens
+        real = (pos >= 0) & (pos < out_len[:, None])
+        return Spliced(out_e, real.to(attention_mask.dtype), pos.masked_fill(~real, 0), out_l, n_truncated)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grids: torch.Tensor | None = None,
