@@ -39,6 +39,7 @@ from lmm.data.reader import SampleReader
 from lmm.data.remote import is_url, join
 from lmm.data.sampler import BatchPlan, plan_batches
 from lmm.data.shards import convert
+from lmm.data.token_batches import plan_token_batches
 from lmm.text.tokenize import IMAGE_TOKEN_INDEX
 
 log = logging.getLogger(__name__)
@@ -123,11 +124,17 @@ class ShardDataModule(L.LightningDataModule):
                  pad_id: int, seed: int, *, stage_name: str = "train", num_workers: int = 0, on_error: str = "skip",
                  padding_side: str = "right", num_image_tokens: int | None = None, max_length: int | None = None,
                  cache_dir: str | Path | None = None, check_counts: bool = True, rank: int | None = None,
-                 world_size: int | None = None):
+                 world_size: int | None = None, micro_batch_tokens: int | None = None, packed: bool = False,
+                 tokens_per_word: float = 1.5):
         super().__init__()
         self.mixture, self.stage_name, self.seed = mixture, stage_name, seed
         self.micro_batch_size, self.grad_accum, self.num_workers = micro_batch_size, grad_accum, num_workers
         self.num_image_tokens, self.max_length, self.check_counts = num_image_tokens, max_length, check_counts
+        # A token budget per micro-batch instead of micro_batch_size samples (lmm.data.token_batches); its cost
+        # counts packed (sum of lengths) or padded (count × longest) tokens, as the model will run them.
+        self.micro_batch_tokens, self.packed, self.tokens_per_word = micro_batch_tokens, packed, tokens_per_word
+        if micro_batch_tokens is not None and num_image_tokens is None:
+            raise ValueError("micro_batch_tokens needs num_image_tokens (the image tokens a sample's length includes)")
         policy = mixture.policy()
         if policy is not None and processor.prompt_policy is not None:
             inner, outer = policy, processor.prompt_policy
@@ -200,7 +207,9 @@ class ShardDataModule(L.LightningDataModule):
                              f"{self._world} rank(s); select more data")
         self.dataset.length = plan.micro_batches_per_rank
         self._fingerprint = _digest([[man.keys[i] for i in self.selected], self.micro_batch_size, self._world,
-                                     self.grad_accum, self.seed, m.group_by_modality_length, m.weight_map()])
+                                     self.grad_accum, self.seed, m.group_by_modality_length, m.weight_map()]
+                                    + ([self.micro_batch_tokens, self.packed, self.tokens_per_word]
+                                       if self.micro_batch_tokens else []))
         self.setup_seconds = {"manifest": t1 - t0, "plan": time.perf_counter() - t1}
         log.info("%s: %d of %d samples selected (%s); %d micro-batches per rank per epoch on %d rank(s); manifest "
                  "loaded in %.1f s, selected and planned in %.1f s", self.stage_name, len(self.selected), len(man),
@@ -212,9 +221,15 @@ class ShardDataModule(L.LightningDataModule):
         if epoch not in self._plans:
             rows = self.epoch_rows(epoch)
             gen = torch.Generator().manual_seed(int(_digest([self.seed, epoch], 7), 16))
-            self._plans = {epoch: plan_batches(self.manifest.modality_lengths(rows),
-                                               self.micro_batch_size, self._world, self.grad_accum, gen,
-                                               self.mixture.group_by_modality_length)}
+            lengths, grouped = self.manifest.modality_lengths(rows), self.mixture.group_by_modality_length
+            if self.micro_batch_tokens:
+                tokens = self.manifest.token_lengths(rows, self.num_image_tokens, self.max_length,
+                                                     self.tokens_per_word)
+                plan = plan_token_batches(lengths, tokens, self.micro_batch_tokens, self._world, self.grad_accum,
+                                          gen, grouped, self.packed)
+            else:
+                plan = plan_batches(lengths, self.micro_batch_size, self._world, self.grad_accum, gen, grouped)
+            self._plans = {epoch: plan}
         return self._plans[epoch]
 
     def epoch_rows(self, epoch: int) -> list[int]:  # the selection, with source weights applied
@@ -354,13 +369,16 @@ class ShardDataModule(L.LightningDataModule):
 def build_datamodule(data_cfg: Any, stage_name: str, processor: SampleProcessor, micro_batch_size: int,
                      grad_accum: int, pad_id: int, seed: int, *, num_image_tokens: int | None = None,
                      max_length: int | None = None, padding_side: str = "right", num_workers: int | None = None,
-                     rank: int | None = None, world_size: int | None = None) -> ShardDataModule:
+                     rank: int | None = None, world_size: int | None = None, micro_batch_tokens: int | None = None,
+                     packed: bool = False) -> ShardDataModule:
     """The data module of stage ``stage_name`` from the Hydra ``data`` node (see ``conf/data/*shards*.yaml``).
 
     ``data_cfg[stage_name]`` is the stage's mixture (:func:`lmm.data.mixture.mixture_from_cfg`); top-level keys:
     ``num_workers``, ``on_error`` (skip | raise), ``shard_cache`` (where on-demand conversions go) and, with
     ``twin.enabled`` (the data are a synthetic twin: the mixture table's counts are not checked).
     ``num_image_tokens`` + ``max_length`` enable the over-length count (text tokens + image tokens after the splice).
+    ``micro_batch_tokens`` plans micro-batches by a token budget (:mod:`lmm.data.token_batches`; lengths from the
+    manifest's token counts, else ``words × data.tokens_per_word``), ``packed`` says how their tokens are counted.
     Rank and world size come from the trainer unless given."""
     cfg = plain(data_cfg)
     if stage_name not in cfg:
@@ -369,5 +387,6 @@ def build_datamodule(data_cfg: Any, stage_name: str, processor: SampleProcessor,
         mixture_from_cfg(cfg[stage_name]), processor, micro_batch_size, grad_accum, pad_id, seed,
         stage_name=stage_name, num_workers=cfg.get("num_workers", 0) if num_workers is None else num_workers,
         on_error=cfg.get("on_error", "skip"), padding_side=padding_side, num_image_tokens=num_image_tokens,
-        max_length=max_length, cache_dir=cfg.get("shard_cache"), check_counts=not (cfg.get("twin") or {}).get("enabled"), rank=rank,
-        world_size=world_size)
+        max_length=max_length, cache_dir=cfg.get("shard_cache"),
+        check_counts=not (cfg.get("twin") or {}).get("enabled"), rank=rank, world_size=world_size,
+        micro_batch_tokens=micro_batch_tokens, packed=packed, tokens_per_word=float(cfg.get("tokens_per_word", 1.5)))

@@ -167,6 +167,18 @@ class Manifest:
         rows = np.asarray(rows, dtype=np.int64)
         return np.where(self.has_image[rows], self.words[rows], -self.words[rows]).tolist()
 
+    def token_lengths(self, rows: Sequence[int] | np.ndarray, image_tokens: int, max_length: int | None = None,
+                      tokens_per_word: float = 1.5) -> list[int]:
+        """Each row's length in tokens after the splice (``image_tokens`` per image), capped at ``max_length``: from
+        the ``tokens`` column where the conversion counted them (``--tokenizer``), else estimated as
+        ``ceil(words × tokens_per_word)`` plus the image tokens."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n_img = self.n_images[rows].astype(np.int64)
+        counted = self.tokens[rows]
+        text = np.where(counted >= 0, counted - n_img, np.ceil(self.words[rows] * tokens_per_word).astype(np.int64))
+        out = np.maximum(text, 1) + n_img * int(image_tokens)
+        return (np.minimum(out, max_length) if max_length else out).tolist()
+
     def source_counts(self, rows: Sequence[int] | np.ndarray | None = None) -> Counter:
         """Samples per source, of all rows or of ``rows`` (repeats counted)."""
         codes = self.sources.codes if rows is None else self.sources.codes[np.asarray(rows, dtype=np.int64)]

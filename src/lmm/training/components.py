@@ -31,10 +31,12 @@ def build_tokenizer(cfg: DictConfig):
 
 
 def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, micro_batch_size: int, accum: int,
-               pad_id: int, num_image_tokens: int):
-    """The stage's streaming shard DataModule (the stage's JSON converted on first use)."""
+               pad_id: int, num_image_tokens: int, packed: bool = False):
+    """The stage's streaming shard DataModule (the stage's JSON converted on first use); micro-batches of
+    ``stages.<stage>.micro_batch_tokens`` tokens when that is set, counted packed or padded as the model runs."""
     return build_datamodule(cfg.data, stage_name, processor, micro_batch_size, accum, pad_id, cfg.seed,
-                            num_image_tokens=num_image_tokens, max_length=cfg.model.max_length)
+                            num_image_tokens=num_image_tokens, max_length=cfg.model.max_length, packed=packed,
+                            micro_batch_tokens=cfg.stages[stage_name].get("micro_batch_tokens"))
 
 
 def data_counts(data) -> dict[str, float]:
