@@ -3,6 +3,8 @@ the fp32-master behaviour on CUDA.
 
     python benchmarks/gpu_step.py                       # CUDA: CLIP ViT-L/14-336 + mlp2x_gelu + TinyLlama-1.1B
     python benchmarks/gpu_step.py --device cpu --toy    # the same code at toy size (the twins), CPU, seconds
+    python benchmarks/gpu_step.py --attn flash_attention_2 --packing   # FlashAttention-2 varlen (pip install -e '.[flash]')
+    python benchmarks/gpu_step.py --compile inductor    # the LLM's decoder layers compiled (stages.<stage>.compile)
 
 The model is built from ``conf/``: ``model/vision/clip_vit_l14_336`` and ``model/llm/tinyllama_1b`` at their
 ``arch`` shapes (their ``twin`` shapes with ``--toy``), ``model/connector/mlp2x_gelu``; no download. Precision as a
@@ -42,7 +44,7 @@ def peak_tflops(device_name: str) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in device_name.upper()), None)
 
 
-def build(device, toy: bool):
+def build(device, toy: bool, attn: str | None = None):
     """The LLaVA model (vision bf16 frozen; connector + LLM trainable fp32 masters), built directly on ``device``."""
     import torch
     from omegaconf import OmegaConf
@@ -60,6 +62,7 @@ def build(device, toy: bool):
     else:
         vision, llm = arch_config(vision, "vision"), arch_config(llm, "llm")
     llm["gradient_checkpointing"] = False
+    llm["attn_implementation"] = attn  # None: transformers' default (SDPA)
     with torch.device(device):
         model = build_llava(vision, connector, llm, max_length=1 << 20)
     model.vision.to(torch.bfloat16)       # as loaded for training (frozen)
@@ -144,6 +147,11 @@ def main(argv=None) -> dict:
                     help="LM head at labelled positions only (training's path) or everywhere (LLaVA's)")
     ap.add_argument("--packing", action="store_true", help="padding-free packed micro-batch (as training with "
                                                            "FlashAttention); run with and without to compare")
+    ap.add_argument("--attn", default=None, help="model.llm.attn_implementation: sdpa (default), eager, "
+                                                 "flash_attention_2 (pip install -e '.[flash]')")
+    ap.add_argument("--compile", default=None, metavar="BACKEND",
+                    help="torch.compile the LLM's decoder layers (stages.<stage>.compile), e.g. inductor; the "
+                         "warm-up steps compile")
     a = ap.parse_args(argv)
     batch, seq = a.batch or (2 if a.toy else 8), a.seq or (128 if a.toy else 2048)
     warmup, steps = a.warmup if a.warmup is not None else (1 if a.toy else 3), a.steps or (2 if a.toy else 10)
@@ -153,9 +161,13 @@ def main(argv=None) -> dict:
         raise SystemExit("no CUDA device: use --device cpu --toy")
     set_tf32(True)
     torch.manual_seed(0)
-    model = build(device, a.toy)
+    model = build(device, a.toy, a.attn)
     if a.ckpt:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if a.compile:
+        from lmm.models.llm import compile_decoder_layers
+
+        compile_decoder_layers(model.llm, backend=a.compile, dynamic=True)
     model.train()
     shape = model_shape(model)
     ids, mask, labels, pixels = make_batch(model, batch, seq, device)
@@ -193,7 +205,8 @@ def main(argv=None) -> dict:
     print(f"device: {name}{' (toy)' if a.toy else ''}; torch {torch.__version__}")
     print(f"model: vision {n['vision']:,} (frozen, bf16) + connector {n['connector']:,} + llm {n['llm']:,} "
           f"(trainable, fp32 masters) parameters; activation checkpointing {'on' if a.ckpt else 'off'}; logits "
-          f"{a.logits}; packing {'on' if a.packing else 'off'}")
+          f"{a.logits}; packing {'on' if a.packing else 'off'}; attention {model.llm.config._attn_implementation}"
+          + (f"; decoder layers compiled ({a.compile})" if a.compile else ""))
     print(f"batch: {batch} × {seq} tokens ({model.num_image_tokens} image tokens); {warmup} warm-up + {steps} timed "
           f"steps of forward + backward + AdamW")
     print(f"step time: {dt:.4f} s")

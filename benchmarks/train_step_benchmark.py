@@ -8,9 +8,13 @@ answers labelled), 6 % longer text-only conversations, batched as training batch
 grouping). Two modes: ``equal`` (every sample the same length and
 structure: nothing to gain from skipping padding) and ``mix`` (the real mix, where padding fills part of every batch).
 Reported: useful (non-pad) tokens/s of each, their ratio, and the peak memory of a step above the model (each side
-alone in a fresh process; the largest resident set during its steps minus before them).
+alone in a fresh process; the largest resident set during its steps minus before them). ``--compile BACKEND``
+compiles our LLM's decoder layers as training's ``stages.<stage>.compile`` does (transformers' side stays eager); an
+untimed pass of ours over the mode's batches compiles every graph first (its time is reported): run with and without
+it to compare our step compiled and eager.
 
     python benchmarks/train_step_benchmark.py [--modes equal mix] [--steps 6] [--batch 8] [--vocab 32000]
+                                              [--compile inductor|aot_eager]
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ def build(a):
                                                max_position_embeddings=2048, pad_token_id=0))
     ours = build_llava(vision, {"name": "mlp2x_gelu"}, llm, 2048).train()
     hf = build_llava_hf(ours).train()
+    if a.compile:  # after the copy: transformers' model gets plain (eager) layers
+        from lmm.models.llm import compile_decoder_layers
+
+        compile_decoder_layers(ours.llm, backend=a.compile, dynamic=True)
     for p in hf.model.vision_tower.parameters():
         p.requires_grad_(False)
     for p in ours.vision.parameters():
@@ -167,7 +175,7 @@ def measure_memory(a, mode: str) -> dict[str, float]:
     for side in ("ours", "transformers"):
         cmd = [sys.executable, __file__, "--memory-child", side, "--mode", mode, "--batch", str(a.batch), "--vocab",
                str(a.vocab), "--hidden", str(a.hidden), "--layers", str(a.layers), "--threads", str(a.threads),
-               *(["--packing"] if a.packing else [])]
+               *(["--packing"] if a.packing else []), *(["--compile", a.compile] if a.compile else [])]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
         out[side] = json.loads(res.stdout.strip().splitlines()[-1])["step_peak_mb"]
     return out
@@ -185,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--packing", action="store_true",
                    help="ours packed too (SDPA with a block mask: slower on a CPU; training packs with FlashAttention)")
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="torch.compile our LLM's decoder layers with this backend (inductor: needs a C compiler on a "
+                        "CPU; aot_eager: traces only), as stages.<stage>.compile; default: eager")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="mix", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -200,13 +211,19 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     print(f"stage-2 step (forward + backward + AdamW, fp32, {a.threads} threads): LLM {a.layers}×{a.hidden}, vocab "
           f"{a.vocab}, {ours.num_image_tokens} image tokens, micro-batch {a.batch}; ours: LM head at labelled "
-          f"positions{', packed' if a.packing else ', padded'}")
+          f"positions{', packed' if a.packing else ', padded'}"
+          + (f", decoder layers compiled ({a.compile})" if a.compile else ""))
     for mode in a.modes:
         data = batches(make_samples(mode, a.batch * (a.steps + 1), 0, a.vocab), a.batch, 56, 0, 0)
         for b in data:
             prepare(b)
         tokens, slots = {k: 0 for k in steps}, {k: 0 for k in steps}
         seconds = {k: 0.0 for k in steps}
+        compiling = time.perf_counter()
+        if a.compile:  # every graph ours needs (with / without a padding mask, ...) is compiled before the timing
+            for b in data:
+                steps["ours"](b)
+        compiling = time.perf_counter() - compiling
         for i, b in enumerate(data):
             for side in (("ours", "transformers") if i % 2 else ("transformers", "ours")):  # interleaved
                 t0 = time.perf_counter()
@@ -225,6 +242,10 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{mem['transformers']:,.0f} MB" if mem else ""))
         label = "real mix" if mode == "mix" else "equal length"
         print(f"{label}: ratio {results[mode]['ratio']:.2f}×")
+        if a.compile:
+            results[mode]["compile_pass_s"] = compiling
+            print(f"{mode}: ours compiled ({a.compile}) in an untimed pass over the {len(data)} batches first: "
+                  f"{compiling:.1f} s")
     return results
 
 

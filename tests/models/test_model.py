@@ -114,3 +114,17 @@ def test_batched_generation_equals_one_at_a_time(tiny_model, tiny_tokenizer):
         one = collate([e], tiny_tokenizer.pad_token_id, "left")
         single += tiny_model.generate(one.input_ids, one.attention_mask, one.pixel_values, **kw)
     assert batched == single and all(len(x) > 0 for x in single)
+
+
+def test_flash_attention_without_flash_attn_names_the_extra():
+    """``model.llm.attn_implementation=flash_attention_2`` without the optional ``flash`` extra: a clear error."""
+    import importlib.util
+
+    from lmm.models.llm import build_llm
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[flash\]'.*sdpa"):
+        build_llm(**{**TINY_LLM, "config": {**TINY_LLM["config"], "vocab_size": 100}},
+                  attn_implementation="flash_attention_2")
+    assert build_llm(**TINY_LLM, attn_implementation="eager").config._attn_implementation == "eager"

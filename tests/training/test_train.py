@@ -86,3 +86,18 @@ def test_benchmarks_scored_during_training(tmp_path):
     for bench in ("gqa", "pope"):
         assert len(client.get_metric_history(run_id, f"val/{bench}/score")) == 2  # once per epoch
     assert not any(k.startswith("val/") for k in by_stage["pretrain"].data.metrics)
+
+
+def test_token_budget_micro_batches_with_packing(tmp_path):
+    """Micro-batches by a token budget, packed: every planned sample is trained on or counted as dropped."""
+    result = in_process(tmp_path, "run_stages=[finetune]", "stages.finetune.allow_random_connector=true",
+                        "stages.finetune.micro_batch_tokens=700", "stages.finetune.packing=true", *FAST)
+    assert result["stages"]["finetune"]["steps"] > 0
+    client, by_stage = runs(tmp_path)
+    metrics = by_stage["finetune"].data.metrics
+    assert metrics["train/global_batch_tokens"] == 700 * metrics["train/accumulation"]
+    assert "train/global_batch" not in metrics
+    assert metrics["data/samples_seen"] + metrics.get("data/dropped_by_plan_per_epoch", 0) == 64
+    # the twin's shards carry no token counts: the plan estimated lengths (data.tokens_per_word), the run logs the
+    # micro-batches' real spliced tokens
+    assert client.get_metric_history(by_stage["finetune"].info.run_id, "train/batch_tokens")

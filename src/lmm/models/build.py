@@ -93,7 +93,8 @@ def build_llava_meta(vision: Any, connector: Any, llm: Any, max_length: int = 20
         vision, llm = arch_config(vision, "vision"), arch_config(llm, "llm")
     with torch.device("meta"):
         tower = build_vision_tower(**vision)
-        lm = build_llm(**{**llm, "gradient_checkpointing": False})
+        # shapes only: the attention kernel does not matter, and FlashAttention need not be installed to plan
+        lm = build_llm(**{**llm, "gradient_checkpointing": False, "attn_implementation": None})
         for part, cfg in ((tower, vision), (lm, llm)):
             if cfg.get("dtype"):
                 part.to(getattr(torch, cfg["dtype"]))

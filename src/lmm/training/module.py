@@ -2,10 +2,13 @@
 
 Trainable weights are fp32 masters whatever the model was loaded in (:mod:`lmm.training.precision`); a non-finite
 loss or gradient stops the run naming the step and the samples (or skips the step and counts it, ``nonfinite=skip``);
-a checkpoint holds, besides Lightning's state, the RNG states, the data accounting and the MLflow run id."""
+a checkpoint holds, besides Lightning's state, the RNG states, the data accounting and the MLflow run id. With
+``compile`` (``stages.<stage>.compile``) the LLM's decoder layers are ``torch.compile``d for the stage's fit, after
+FSDP2 sharding and LoRA wrapping, and run eagerly again after it."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -15,22 +18,41 @@ import torch
 
 from lmm.data.batch import Batch
 from lmm.models.llava import LlavaModel
+from lmm.models.llm import compile_decoder_layers, compile_options, uncompile_decoder_layers
 from lmm.training.checkpointing import get_rng_state, set_rng_state
 from lmm.training.optim import build_optimizer
 from lmm.training.precision import check_fp32_masters, keep_fp32_masters
 from lmm.training.stages import apply_stage, param_groups
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
     pass
 
 
+class CompileError(ValueError):
+    pass
+
+
+DEEPSPEED_COMPILE = (
+    "stages.<stage>.compile.enabled=true is not supported under DeepSpeed: its engine partitions the model through "
+    "hooks of its own (ZeRO-3 gathers and frees parameters around each module) that compiling the decoder layers in "
+    "place is not known to compose with (DeepSpeed offers its own engine.compile), and it cannot be tested here. Use "
+    "strategy@stages.<stage>.strategy=fsdp (FSDP2, compiled per layer), ddp or auto, or set "
+    "stages.<stage>.compile.enabled=false.")
+
+
 class LlavaLitModule(L.LightningModule):
     def __init__(self, model: LlavaModel, trainable: list[str], lr: float, connector_lr: float | None = None,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas=(0.9, 0.999), eps: float = 1e-8,
                  lora: dict | None = None, nonfinite: str = "raise", fsdp: dict | None = None,
-                 fp32_masters: bool = True, packing: bool | str = False):
+                 fp32_masters: bool = True, packing: bool | str = False, compile: dict | bool | None = None):
         super().__init__()
+        # torch.compile of the LLM's decoder layers ({enabled, backend, mode, dynamic, fullgraph}; None: off),
+        # applied in configure_model — after FSDP2 sharding — and undone in teardown
+        self.compile_spec = compile_options(compile)
+        self._compiled = False
         if packing not in (True, False, "auto"):
             raise ValueError(f"packing must be true, false or auto, got {packing!r}")
         if packing == "auto":  # varlen FlashAttention packs for free; SDPA would need a dense block mask
@@ -63,12 +85,26 @@ class LlavaLitModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
 
     def configure_model(self) -> None:
-        """Under ``strategy=fsdp`` (Lightning's ModelParallelStrategy): shard the model with FSDP2, once."""
+        """Under ``strategy=fsdp`` (Lightning's ModelParallelStrategy): shard the model with FSDP2, once. Then, with
+        ``compile`` on, ``torch.compile`` each decoder layer of the (sharded, LoRA-wrapped) LLM in place, once."""
         from lmm.training.strategies import is_fsdp, shard_fsdp
 
         if self.fsdp is not None and is_fsdp(self.trainer.strategy) and not getattr(self, "_sharded", False):
             shard_fsdp(self.model, self.device_mesh["data_parallel"], self.fsdp)
             self._sharded = True
+        if self.compile_spec is not None and not self._compiled:
+            if self._trainer is not None and _is_deepspeed(self.trainer.strategy):
+                raise CompileError(DEEPSPEED_COMPILE)
+            n = compile_decoder_layers(self.model.llm, **self.compile_spec)
+            self._compiled = True
+            log.info("torch.compile: %d decoder layers of the LLM (%s); the first steps compile", n,
+                     ", ".join(f"{k}={v}" for k, v in self.compile_spec.items()))
+
+    def teardown(self, stage: str) -> None:
+        """The stage's model is handed on (next stage, saving, evaluation) with eager decoder layers."""
+        if self._compiled:
+            uncompile_decoder_layers(self.model.llm)
+            self._compiled = False
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Explicitly the stage's trainable weights (stage 1: the connector; stage 2: connector + LLM): the frozen
@@ -96,14 +132,6 @@ class LlavaLitModule(L.LightningModule):
             set_rng_state(state["rng"])
 
     def on_train_start(self) -> None:
-        import os
-        if os.environ.get("LMM_DEBUG_OPT"):
-            opt = self.optimizers().optimizer
-            st = [v for s in opt.state.values() for k, v in s.items() if k == "exp_avg"]
-            tot = sum(float((x.to_local() if hasattr(x, "to_local") else x).abs().sum()) for x in st)
-            steps = [float(s["step"]) for s in opt.state.values() if "step" in s][:2]
-            w = sum(float((p.to_local() if hasattr(p, "to_local") else p).detach().abs().sum()) for p in self.model.parameters() if p.requires_grad)
-            print(f"DEBUG rank {self.global_rank} gs {self.trainer.global_step} n_state {len(opt.state)} exp_avg_abs {tot:.6f} steps {steps} w {w:.6f} lr {[g['lr'] for g in opt.param_groups]}", flush=True)
         if not _is_deepspeed(self.trainer.strategy):  # DeepSpeed keeps its own fp32 masters of the bf16 module
             check_fp32_masters(self.model)
 
@@ -167,6 +195,8 @@ class LlavaLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("train/target_tokens", float(out.n_target_tokens), batch_size=len(batch))
         self._tokens = int(out.attention_mask.sum())
+        # the micro-batch's spliced tokens: what a token budget (stages.<s>.micro_batch_tokens) planned for
+        self.log("train/batch_tokens", float(self._tokens), batch_size=len(batch))
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:

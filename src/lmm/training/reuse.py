@@ -6,7 +6,9 @@ what determines its weights: ``model``, the stage's ``data`` node with the data 
 other stages' mixtures, nor ``num_workers``, which never changes a batch), ``stages.<name>`` (hyperparameters,
 template, strategy), ``seed``, the trainer's devices / nodes / precision / accelerator, the keys of the stages
 before it, and the code that trains it (the source of ``lmm.models``, ``training``, ``data``, ``text``, ``imaging``
-and ``common``). Not in the key: names, tags, paths, logging, checkpoint cadence, evaluation.
+and ``common``). Not in the key: names, tags, paths, logging, checkpoint cadence, evaluation, and the stage's
+``compile`` block — ``torch.compile`` runs the same computation (the same loss and gradients up to float rounding,
+tests/models/test_compile.py), so a stage trained without it serves a run with it and vice versa.
 
 A finished stage is recorded under ``stage_reuse.index`` (default ``${paths.cache_dir}/stage_index``). A later run with the same key links
 the finished stage's files (``last.ckpt``, ``connector.safetensors``, ``stage_done.json``, ``model/``) into its own stage folder,
@@ -34,6 +36,7 @@ CODE_PARTS = ("models", "training", "data", "text", "imaging")
 LINKED = ("last.ckpt", "connector.safetensors", "stage_done.json", "model")  # model/: the last stage's folder
 REUSED_FILE = "reused_from.json"
 TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "precision")
+NOT_IN_KEY = ("compile",)  # stage keys that change how fast a stage trains, not what it trains
 
 
 @lru_cache(maxsize=1)
@@ -49,7 +52,8 @@ def stage_key(cfg: DictConfig, name: str) -> str:
     data = plain(cfg.data)
     shared = {k: v for k, v in data.items() if k not in cfg.stages and k != "num_workers"}
     trainer = plain(cfg.trainer)
-    inputs = {"model": plain(cfg.model), "data": {**shared, name: data.get(name)}, "stage": plain(cfg.stages[name]),
+    stage = {k: v for k, v in plain(cfg.stages[name]).items() if k not in NOT_IN_KEY}
+    inputs = {"model": plain(cfg.model), "data": {**shared, name: data.get(name)}, "stage": stage,
               "seed": cfg.seed, "tf32": cfg.get("tf32"), "trainer": {k: trainer.get(k) for k in TRAINER_KEYS},
               "before": [stage_key(cfg, s) for s in stages[:stages.index(name)]], "code": code_version()}
     return digest(inputs, 16)

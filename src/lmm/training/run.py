@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmm.data.hd_cells import image_transform_for
 from lmm.data.processor import SampleProcessor
 from lmm.models.checkpoint import save_model_dir
+from lmm.models.llm import compile_options
 from lmm.text.templates import get_template
 from lmm.tracking import mlflow as track
 from lmm.training.checkpointing import (
@@ -45,7 +46,7 @@ from lmm.training.components import (
     run_tags,
     stage_callbacks,
 )
-from lmm.training.module import LlavaLitModule
+from lmm.training.module import DEEPSPEED_COMPILE, LlavaLitModule
 from lmm.training.precision import resolve_precision, set_tf32
 from lmm.training.reuse import record, reuse, reuse_tags
 from lmm.training.stages import format_param_table, load_connector, save_connector
@@ -87,12 +88,21 @@ def check_connector_sources(cfg: DictConfig) -> None:
                 f"if that is what you want.")
 
 
+def check_compile(cfg: DictConfig) -> None:
+    """``stages.<stage>.compile`` is refused under DeepSpeed before anything is built (see module.DEEPSPEED_COMPILE)."""
+    for name in cfg.run_stages:
+        stage = cfg.stages[name]
+        if compile_options(stage.get("compile")) is not None and strategy_name(stage.get("strategy")) == "deepspeed":
+            raise ConfigError(DEEPSPEED_COMPILE.replace("<stage>", name))
+
+
 def make_module(cfg: DictConfig, stage: DictConfig, model) -> LlavaLitModule:
     spec = OmegaConf.to_container(stage.strategy, resolve=True) if stage.get("strategy") else {"name": "auto"}
     return LlavaLitModule(model, list(stage.trainable), stage.lr, stage.get("connector_lr"), stage.weight_decay,
                           stage.warmup_ratio, lora=stage.get("lora"), nonfinite=cfg.get("guard", {}).get(
                               "nonfinite", "raise"), fsdp=spec if spec.get("name") == "fsdp" else None,
-                          fp32_masters=spec.get("name") != "deepspeed", packing=stage.get("packing", "auto"))
+                          fp32_masters=spec.get("name") != "deepspeed", packing=stage.get("packing", "auto"),
+                          compile=stage.get("compile"))
 
 
 def adopt_stage(cfg: DictConfig, stage: DictConfig, model, checkpoint: str | Path) -> None:
@@ -166,6 +176,7 @@ def start_run(cfg: DictConfig) -> tuple[str, dict, Path]:
     L.seed_everything(cfg.seed, workers=True)
     set_tf32(bool(cfg.get("tf32")))
     check_connector_sources(cfg)
+    check_compile(cfg)
     precision = resolve_precision(cfg.trainer.precision, is_gpu(cfg))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,16 +232,19 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     accum = accumulation(stage, world)
     trainer.accumulate_grad_batches = accum
     image_tokens = model.hd.max_num_tokens if model.hd_active else model.num_image_tokens
-    data = build_data(cfg, name, processor, stage.micro_batch_size, accum, tokenizer.pad_token_id, image_tokens)
+    data = build_data(cfg, name, processor, stage.micro_batch_size, accum, tokenizer.pad_token_id, image_tokens,
+                      packed=module.packing)
     module.mlflow_run_id = logger.run_id
     if trainer.is_global_zero and logger.run_id:
         stage_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(logger.run_id, run_file)
+    budget = stage.get("micro_batch_tokens")
     batch_info = {"train/world_size": world, "train/accumulation": accum,
-                  "train/global_batch": stage.micro_batch_size * accum * world}
-    log.info("stage %s: strategy %s, precision %s, %d process(es) × micro batch %d × accumulation %d = global "
-             "batch %d", name, strategy_name(stage.get("strategy")), precision, world, stage.micro_batch_size, accum,
-             batch_info["train/global_batch"])
+                  "train/global_batch" + ("_tokens" if budget else ""): (budget or stage.micro_batch_size) * accum * world}
+    log.info("stage %s: strategy %s, precision %s, %d process(es) × micro batch %s × accumulation %d = global "
+             "batch %s", name, strategy_name(stage.get("strategy")), precision, world,
+             f"≤ {budget} tokens" if budget else stage.micro_batch_size, accum,
+             f"≤ {budget * accum * world} tokens" if budget else stage.micro_batch_size * accum * world)
     if run_id:  # a resumed stage: same run; its params are already there (MLflow refuses changed values)
         track.reopen(logger)
         track.set_tags(logger, {"resumed_from": str(ckpt)})
@@ -283,8 +297,12 @@ def finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer
 
 def portable_model_spec(cfg: DictConfig) -> dict:
     """``cfg.model`` for a model folder's ``lmm_model.yaml``: without the cache paths of a twin run (its tokenizer
-    and pretrained-twin folders) — the folder holds the tokenizer and every weight itself."""
+    and pretrained-twin folders) — the folder holds the tokenizer and every weight itself — nor the LLM's
+    ``attn_implementation``."""
     spec = OmegaConf.to_container(cfg.model, resolve=True)
+    # The attention kernel is how this machine ran the LLM, not part of the model: a folder trained with
+    # FlashAttention-2 loads anywhere, with transformers' default (SDPA), flash-attn installed or not.
+    spec["llm"].pop("attn_implementation", None)
     if spec.get("twin"):
         for part in ("vision", "llm"):
             twin = spec[part].get("twin") or {}
