@@ -18,7 +18,7 @@ single-modality — LLaVA's last, mixed megabatch is split back into its image p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -188,12 +188,20 @@ def plan_batches(lengths: Sequence[int], micro_batch_size: int, world_size: int 
             pool += part
         elif not absorb(part):
             pool += part
-    plan = BatchPlan(world_size, grad_accum, micro_batch_size, batches)
-    if len(pool) >= world_size:
-        per_rank = min(grad_accum, math.ceil(len(pool) / (world_size * micro_batch_size)), len(pool) // world_size)
-        batches.append(_spread(pool, abs_lengths, world_size * per_rank))
+    per_rank = min(grad_accum, math.ceil(len(pool) / (world_size * micro_batch_size)), len(pool) // world_size)
+    return finish_plan(BatchPlan(world_size, grad_accum, micro_batch_size, batches), pool, per_rank,
+                       lambda items, n: _spread(items, abs_lengths, n), lengths, group_by_modality)
+
+
+def finish_plan(plan: BatchPlan, pool: list[int], per_rank: int, spread: Callable[[list[int], int], list[list[int]]],
+                lengths: Sequence[int], group_by_modality: bool) -> BatchPlan:
+    """End ``plan``'s epoch with the leftover ``pool``: one shorter global batch of ``per_rank`` micro-batches per
+    rank (``spread(pool, slots)``), or — ``per_rank`` 0, fewer samples than ranks — dropped and counted; then count
+    the global batches that mix modalities."""
+    if per_rank > 0:
+        plan.global_batches.append(spread(pool, plan.world_size * per_rank))
     else:
         plan.dropped = sorted(pool)
     if group_by_modality:
-        plan.mixed = sum(1 for gb in batches if len({lengths[i] > 0 for slot in gb for i in slot}) > 1)
+        plan.mixed = sum(1 for gb in plan.global_batches if len({lengths[i] > 0 for slot in gb for i in slot}) > 1)
     return plan

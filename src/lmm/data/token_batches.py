@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lmm.data.sampler import BatchPlan
+from lmm.data.sampler import BatchPlan, finish_plan
 
 WINDOW = 16  # budgets of samples packed together: enough choice for full micro-batches, still a local shuffle
 
@@ -121,13 +121,7 @@ def plan_token_batches(lengths: Sequence[int], tokens: Sequence[int], max_tokens
             batches.append(spread_tokens(tail, tokens, num_slots))  # a whole single-modality step of its own
         else:
             pool += tail
-    plan = BatchPlan(world_size, grad_accum, 0, batches)
     per_rank = min(grad_accum, math.ceil(sum(tokens[i] for i in pool) / (world_size * max_tokens)),
                    len(pool) // world_size)
-    if per_rank > 0:
-        batches.append(spread_tokens(pool, tokens, world_size * per_rank))
-    else:
-        plan.dropped = sorted(pool)
-    if group_by_modality:
-        plan.mixed = sum(1 for gb in batches if len({lengths[i] > 0 for slot in gb for i in slot}) > 1)
-    return plan
+    return finish_plan(BatchPlan(world_size, grad_accum, 0, batches), pool, per_rank,
+                       lambda items, n: spread_tokens(items, tokens, n), lengths, group_by_modality)
