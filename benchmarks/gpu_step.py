@@ -145,8 +145,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default: by GPU name)")
     ap.add_argument("--logits", choices=("labelled", "all"), default="labelled",
                     help="LM head at labelled positions only (training's path) or everywhere (LLaVA's)")
-    ap.add_argument("--packing", action="store_true", help="padding-free packed micro-batch (as training with "
-                                                           "FlashAttention); run with and without to compare")
+    ap.add_argument("--packing", action="store_true", help="padding-free packed micro-batch (as training's "
+                                                           "packing: auto); run with and without to compare")
     ap.add_argument("--attn", default=None, help="model.llm.attn_implementation: sdpa (default), eager, "
                                                  "flash_attention_2 (pip install -e '.[flash]')")
     ap.add_argument("--compile", default=None, metavar="BACKEND",

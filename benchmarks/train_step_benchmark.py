@@ -8,13 +8,14 @@ answers labelled), 6 % longer text-only conversations, batched as training batch
 grouping). Two modes: ``equal`` (every sample the same length and
 structure: nothing to gain from skipping padding) and ``mix`` (the real mix, where padding fills part of every batch).
 Reported: useful (non-pad) tokens/s of each, their ratio, and the peak memory of a step above the model (each side
-alone in a fresh process; the largest resident set during its steps minus before them). ``--compile BACKEND``
+alone in a fresh process; the largest resident set during its steps minus before them). Ours trains as training
+does by default: packed (``packing: auto``), timed beside ours padded on the same batches. ``--compile BACKEND``
 compiles our LLM's decoder layers as training's ``stages.<stage>.compile`` does (transformers' side stays eager); an
 untimed pass of ours over the mode's batches compiles every graph first (its time is reported): run with and without
 it to compare our step compiled and eager.
 
     python benchmarks/train_step_benchmark.py [--modes equal mix] [--steps 6] [--batch 8] [--vocab 32000]
-                                              [--compile inductor|aot_eager]
+                                              [--no-packing] [--compile inductor|aot_eager]
 """
 
 from __future__ import annotations
@@ -109,12 +110,15 @@ def step_fns(ours, hf, a):
     opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-5)
     opt_hf = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-5)
 
-    def ours_step(b):
-        out = ours(b.input_ids, b.attention_mask, b.labels, b.pixel_values, logits="labelled", packed=a.packing)
-        out.loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-        return int(out.attention_mask.sum()), out.attention_mask.numel()
+    def ours_step(packed: bool):
+        def step(b):
+            out = ours(b.input_ids, b.attention_mask, b.labels, b.pixel_values, logits="labelled", packed=packed)
+            out.loss.backward()
+            opt_ours.step()
+            opt_ours.zero_grad(set_to_none=True)
+            return int(out.attention_mask.sum()), out.attention_mask.numel()
+
+        return step
 
     expanded = {}  # transformers' input convention (one id per image token), made once per batch, outside the timing
 
@@ -132,7 +136,10 @@ def step_fns(ours, hf, a):
         opt_hf.zero_grad(set_to_none=True)
         return int(mask.sum()), mask.numel()
 
-    return {"ours": ours_step, "transformers": hf_step, "prepare": hf_inputs}
+    fns = {"ours": ours_step(a.packing), "transformers": hf_step, "prepare": hf_inputs}
+    if a.packing and not a.memory_child:  # packed vs padded on the same weights, in the same run
+        fns["ours padded"] = ours_step(False)
+    return fns
 
 
 def rss_mb() -> float:
@@ -175,7 +182,7 @@ def measure_memory(a, mode: str) -> dict[str, float]:
     for side in ("ours", "transformers"):
         cmd = [sys.executable, __file__, "--memory-child", side, "--mode", mode, "--batch", str(a.batch), "--vocab",
                str(a.vocab), "--hidden", str(a.hidden), "--layers", str(a.layers), "--threads", str(a.threads),
-               *(["--packing"] if a.packing else []), *(["--compile", a.compile] if a.compile else [])]
+               "--packing" if a.packing else "--no-packing", *(["--compile", a.compile] if a.compile else [])]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
         out[side] = json.loads(res.stdout.strip().splitlines()[-1])["step_peak_mb"]
     return out
@@ -191,8 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vocab", type=int, default=32000, help="Vicuna's 32K: the LM head's share is realistic")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", dest="memory", action="store_false")
-    p.add_argument("--packing", action="store_true",
-                   help="ours packed too (SDPA with a block mask: slower on a CPU; training packs with FlashAttention)")
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours packed, as training's default (packing: auto; under SDPA rows no wider than the longest "
+                        "sample), timed beside ours padded: a packed-vs-padded ratio per mode; --no-packing: padded")
     p.add_argument("--compile", default=None, metavar="BACKEND",
                    help="torch.compile our LLM's decoder layers with this backend (inductor: needs a C compiler on a "
                         "CPU; aot_eager: traces only), as stages.<stage>.compile; default: eager")
@@ -222,10 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
         compiling = time.perf_counter()
         if a.compile:  # every graph ours needs (with / without a padding mask, ...) is compiled before the timing
             for b in data:
-                steps["ours"](b)
+                for side in ("ours", "ours padded"):
+                    if side in steps:
+                        steps[side](b)
         compiling = time.perf_counter() - compiling
         for i, b in enumerate(data):
-            for side in (("ours", "transformers") if i % 2 else ("transformers", "ours")):  # interleaved
+            sides = list(steps)
+            for side in sides[i % len(sides):] + sides[:i % len(sides)]:  # interleaved, each side first in turn
                 t0 = time.perf_counter()
                 n, total = steps[side](b)
                 if i:  # the first batch warms both up
@@ -242,6 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{mem['transformers']:,.0f} MB" if mem else ""))
         label = "real mix" if mode == "mix" else "equal length"
         print(f"{label}: ratio {results[mode]['ratio']:.2f}×")
+        if "ours padded" in rate:
+            results[mode]["packed_vs_padded"] = rate["ours"] / rate["ours padded"]
+            print(f"{mode}: ours packed {rate['ours']:,.0f} useful tokens/s, ours padded {rate['ours padded']:,.0f}: "
+                  f"packed vs padded {results[mode]['packed_vs_padded']:.2f}×")
         if a.compile:
             results[mode]["compile_pass_s"] = compiling
             print(f"{mode}: ours compiled ({a.compile}) in an untimed pass over the {len(data)} batches first: "

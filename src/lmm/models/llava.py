@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmm.models.hd import HDMerger
+from lmm.models.packing import pack, row_layout, sample_order, varlen
 from lmm.models.vision import VisionTower
 from lmm.text.tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
@@ -166,17 +167,18 @@ class LlavaModel(nn.Module):
         runs the LM head only where a label is — image tokens, the system prompt, questions and padding teach
         nothing, and their logits are most of a stage-2 batch's memory (16 × 2048 × 32K fp32 ≈ 4 GB) — and returns
         those rows only (``[n_target_tokens, vocab]``). ``packed=True`` runs the LLM padding-free: the micro-batch's
-        samples as one sequence with per-sample position ids and no attention mask, from which transformers builds
-        attention that never crosses samples (a block-causal mask for SDPA / eager / flex, varlen FlashAttention-2).
+        samples share rows (one row under varlen FlashAttention-2, rows as wide as the longest sample under SDPA /
+        eager) with per-sample position ids and no attention mask, from which transformers builds attention that
+        never crosses samples.
         Both give the padded path's loss and gradients (tests/models/test_fast_paths.py)."""
         if logits not in ("all", "labelled"):
             raise ValueError(f"logits must be 'all' or 'labelled', got {logits!r}")
         s = self.splice(input_ids, attention_mask, labels, pixel_values, "right", image_grids)
         keep = s.attention_mask.bool()
-        if packed:  # [1, N]: the samples one after the other; a sample's first token is no target of the one before
-            pos = s.position_ids[keep].unsqueeze(0)
-            kwargs = dict(inputs_embeds=s.inputs_embeds[keep].unsqueeze(0), attention_mask=None, position_ids=pos)
-            seq_labels = None if s.labels is None else s.labels[keep].unsqueeze(0).masked_fill(pos == 0, IGNORE_INDEX)
+        if packed:  # rows of whole samples; a sample's first token is no target of the one before (lmm.models.packing)
+            layout = row_layout(keep.sum(1), one_row=varlen(self.llm))
+            rows, pos, seq_labels, dest = pack(layout, keep, s.inputs_embeds, s.position_ids, s.labels, IGNORE_INDEX)
+            kwargs = dict(inputs_embeds=rows, attention_mask=None, position_ids=pos)
         else:
             kwargs = dict(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, position_ids=s.position_ids)
             seq_labels = s.labels
@@ -184,14 +186,18 @@ class LlavaModel(nn.Module):
         if logits == "labelled" and shift_labels is not None:
             hidden = self.llm.get_decoder()(**kwargs, use_cache=False).last_hidden_state
             where = shift_labels != IGNORE_INDEX
-            out_logits = self.llm.get_output_embeddings()(hidden[:, :-1][where])
-            scored, targets = out_logits, shift_labels[where]
+            hidden, targets = hidden[:, :-1][where], shift_labels[where]
+            if packed:  # back to the samples' order, as the padded path returns them
+                order = sample_order(dest, where, layout.width)
+                hidden, targets = hidden[order], targets[order]
+            out_logits = self.llm.get_output_embeddings()(hidden)
+            scored = out_logits
         else:
             out_logits = self.llm(**kwargs, use_cache=False).logits
             scored, targets = out_logits[:, :-1], shift_labels
             if packed:  # back to the padded layout callers expect (zeros at padding)
                 padded = out_logits.new_zeros(*keep.shape, out_logits.shape[-1])
-                padded[keep] = out_logits[0]
+                padded[keep] = out_logits.flatten(0, 1)[dest]
                 out_logits = padded
         loss, n_tok, masked = out_logits.new_zeros(()), 0, []
         if s.labels is not None:

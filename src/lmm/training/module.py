@@ -19,6 +19,7 @@ import torch
 from lmm.data.batch import Batch
 from lmm.models.llava import LlavaModel
 from lmm.models.llm import compile_decoder_layers, compile_options, uncompile_decoder_layers
+from lmm.models.packing import PACKABLE_ATTENTION, attention_of
 from lmm.training.checkpointing import get_rng_state, set_rng_state
 from lmm.training.optim import build_optimizer
 from lmm.training.precision import check_fp32_masters, keep_fp32_masters
@@ -55,8 +56,8 @@ class LlavaLitModule(L.LightningModule):
         self._compiled = False
         if packing not in (True, False, "auto"):
             raise ValueError(f"packing must be true, false or auto, got {packing!r}")
-        if packing == "auto":  # varlen FlashAttention packs for free; SDPA would need a dense block mask
-            packing = str(getattr(model.llm.config, "_attn_implementation", "")).startswith("flash_attention")
+        if packing == "auto":  # pack with every kernel that keeps samples apart from position ids (exact)
+            packing = attention_of(model.llm) in PACKABLE_ATTENTION
         self.packing = packing  # padding-free micro-batches (LlavaModel.forward(packed=True))
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"guard.nonfinite must be raise or skip, got {nonfinite!r}")
