@@ -2,7 +2,7 @@
 
 Varlen FlashAttention-2 costs what the tokens cost, so it takes the whole micro-batch as one row. Every other
 kernel transformers offers (SDPA, eager) turns per-sample position ids into a dense block-causal mask over the row,
-whose cost grows with the row's length squared: one row of 32 samples costs 32× the attention of the padded batch.
+whose cost grows with the row's length squared: one row of 32 samples costs up to 32× the attention of the padded batch.
 There the samples go into rows no longer than the micro-batch's longest sample (first-fit decreasing), so a packed
 step never does more attention work than the padded one and saves the padding everywhere else (MLP, norms, LM
 head). A row's unused tail is a segment of its own (position ids from 0, no labels), so no sample attends to it.
@@ -62,10 +62,12 @@ def row_layout(lengths: torch.Tensor, one_row: bool) -> RowLayout:
 
 
 def pack(layout: RowLayout, keep: torch.Tensor, embeds: torch.Tensor, position_ids: torch.Tensor,
-         labels: torch.Tensor | None, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Right-padded ``[B, T, H]`` embeddings (``keep`` marks real tokens, ``position_ids`` count them) → ``[rows, width, H]`` rows, their
-    position ids (0.. per sample, and 0.. again over each row's unused tail), the labels (a sample's first token is
-    no target of the token before it, the tail has none) and ``dest``: each real token's flat index in the rows."""
+         labels: torch.Tensor | None, ignore_index: int
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Right-padded ``[B, T, H]`` embeddings (``keep`` marks real tokens, ``position_ids`` count them) → the
+    ``[rows, width, H]`` rows, their position ids (0.. per sample, and 0.. again over each row's unused tail), the
+    labels (a sample's first token is no target of the token before it, the tail has none) and ``dest``: each real
+    token's flat index in the rows."""
     T = keep.shape[1]
     dest = (layout.start[:, None] + torch.arange(T, device=keep.device))[keep]
     n = layout.rows * layout.width
