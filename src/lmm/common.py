@@ -1,7 +1,7 @@
 """Small things every layer needs, kept in one leaf: a config value as plain Python (a Hydra / OmegaConf node
 resolved, anything else as it is), an exclusive file lock between processes, and a cache folder named by a hash of
 what it depends on, built atomically (a half-built folder is never found; processes racing to build it leave one
-complete copy)."""
+complete copy); first-fit-decreasing bin packing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,3 +64,19 @@ def build_once(folder: str | Path, build: Callable[[Path], Any], done: str) -> P
     except OSError:  # renamed by a racing process in between: its copy is as good
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def first_fit_decreasing(items: Iterable[int], size: Callable[[int], int],
+                         fits: Callable[[list[int], int, int], bool]) -> list[list[int]]:
+    """Bin packing: each item, largest ``size`` first (ties in the given order), into the first bin for which
+    ``fits(bin, bin_size_sum, item)``, else into a new bin. A bin's first item is its largest."""
+    bins: list[list[int]] = []
+    sums: list[int] = []
+    for i in sorted(items, key=size, reverse=True):
+        k = next((k for k, b in enumerate(bins) if fits(b, sums[k], i)), len(bins))
+        if k == len(bins):
+            bins.append([])
+            sums.append(0)
+        bins[k].append(i)
+        sums[k] += size(i)
+    return bins

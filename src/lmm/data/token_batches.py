@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lmm.common import first_fit_decreasing
 from lmm.data.sampler import BatchPlan, finish_plan
 
 WINDOW = 16  # budgets of samples packed together: enough choice for full micro-batches, still a local shuffle
@@ -40,19 +41,10 @@ def batch_cost(lengths: Sequence[int], packed: bool) -> int:
 def _fill(items: list[int], tokens: Sequence[int], max_tokens: int, packed: bool) -> list[list[int]]:
     """First-fit decreasing: each item, longest first, into the first micro-batch it fits in (cost ≤
     ``max_tokens``), else a new one; a sample longer than the budget stands alone."""
-    bins: list[list[int]] = []
-    sums: list[int] = []
-    for i in sorted(items, key=lambda i: tokens[i], reverse=True):
-        t = tokens[i]
-        for k, b in enumerate(bins):  # longest first: a bin's first item is its longest
-            if (sums[k] + t if packed else (len(b) + 1) * tokens[b[0]]) <= max_tokens:
-                b.append(i)
-                sums[k] += t
-                break
-        else:
-            bins.append([i])
-            sums.append(t)
-    return bins
+    def fits(b: list[int], total: int, i: int) -> bool:  # a bin's first item is its longest
+        return (total + tokens[i] if packed else (len(b) + 1) * tokens[b[0]]) <= max_tokens
+
+    return first_fit_decreasing(items, tokens.__getitem__, fits)
 
 
 def spread_tokens(items: list[int], tokens: Sequence[int], num_slots: int) -> list[list[int]]:

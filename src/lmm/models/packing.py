@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmm.common import first_fit_decreasing
+
 # attention implementations of transformers that keep packed samples apart from the position ids alone (block-causal
 # masks for eager / sdpa / flex, varlen kernels for FlashAttention): packing is exact with these
 PACKABLE_ATTENTION = frozenset({"eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"})
@@ -41,13 +43,14 @@ def first_fit_rows(lengths: list[int], width: int) -> tuple[list[int], list[int]
     """Each sample's row and column, and each row's fill, by first-fit decreasing into rows of ``width``."""
     if lengths and max(lengths) > width:
         raise ValueError(f"a sample of {max(lengths)} tokens does not fit a row of {width}")
+    bins = first_fit_decreasing(range(len(lengths)), lengths.__getitem__,
+                                lambda b, total, i: total + lengths[i] <= width)
     row, col, fill = [0] * len(lengths), [0] * len(lengths), []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        r = next((r for r, f in enumerate(fill) if f + lengths[i] <= width), len(fill))
-        if r == len(fill):
-            fill.append(0)
-        row[i], col[i] = r, fill[r]
-        fill[r] += lengths[i]
+    for r, b in enumerate(bins):
+        fill.append(0)
+        for i in b:
+            row[i], col[i] = r, fill[r]
+            fill[r] += lengths[i]
     return row, col, fill
 
 
@@ -55,10 +58,10 @@ def row_layout(lengths: torch.Tensor, one_row: bool) -> RowLayout:
     """The layout of a micro-batch whose samples have ``lengths`` real tokens: one row of their sum (varlen
     kernels), or rows as wide as the longest sample (kernels that need a dense mask)."""
     n = [int(x) for x in lengths.tolist()]
-    width = sum(n) if one_row else max(n, default=0)
-    row, col, fill = first_fit_rows(n, max(width, 1))
+    width = max(sum(n) if one_row else max(n, default=0), 1)
+    row, col, fill = first_fit_rows(n, width)
     start = torch.tensor([r * width + c for r, c in zip(row, col)], dtype=torch.long, device=lengths.device)
-    return RowLayout(max(len(fill), 1), max(width, 1), start, torch.tensor(fill or [0], device=lengths.device))
+    return RowLayout(max(len(fill), 1), width, start, torch.tensor(fill or [0], device=lengths.device))
 
 
 def pack(layout: RowLayout, keep: torch.Tensor, embeds: torch.Tensor, position_ids: torch.Tensor,
