@@ -1,7 +1,7 @@
 """Small things every layer needs, kept in one leaf: a config value as plain Python (a Hydra / OmegaConf node
 resolved, anything else as it is), an exclusive file lock between processes, and a cache folder named by a hash of
 what it depends on, built atomically (a half-built folder is never found; processes racing to build it leave one
-complete copy); first-fit-decreasing bin packing."""
+complete copy); first-fit-decreasing bin packing; a path confined to a folder (:func:`inside`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,31 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+class UnsafePathError(ValueError):
+    """A path taken from a file (a record, a manifest, a question file) that would leave its folder."""
+
+    def __init__(self, path: str, root: str | Path, why: str):
+        self.path, self.root, self.why = path, str(root), why
+        super().__init__(f"{path!r} would leave {root}: {why}")
+
+
+def inside(root: str | Path, name: str) -> Path:
+    """``root/name`` when it stays inside ``root``, else :class:`UnsafePathError`. ``name`` comes from a file
+    someone else wrote: an absolute path, a drive (``C:``), a ``..`` part or a link inside ``root`` that resolves
+    outside it are all refused (``root`` itself may be a link: it is resolved first). Returns the resolved path."""
+    text = str(name)
+    if not text or "\0" in text:
+        raise UnsafePathError(text, root, "an empty name or a NUL byte")
+    parts = text.replace("\\", "/").split("/")
+    if text.startswith(("/", "\\")) or ".." in parts or parts[0].endswith(":"):
+        raise UnsafePathError(text, root, "absolute or '..'")
+    base = os.path.realpath(root)
+    resolved = os.path.realpath(os.path.join(base, text))
+    if os.path.commonpath([base, resolved]) != base:
+        raise UnsafePathError(text, root, f"a link resolving to {resolved}")
+    return Path(resolved)
 
 
 def plain(node: Any) -> Any:
