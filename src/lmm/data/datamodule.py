@@ -38,8 +38,9 @@ from lmm.data.processor import SampleProcessor
 from lmm.data.reader import SampleReader
 from lmm.data.remote import is_url, join
 from lmm.data.sampler import BatchPlan, plan_batches
-from lmm.data.shards import convert
+from lmm.data.shards import FORMAT_VERSION, convert
 from lmm.data.token_batches import plan_token_batches
+from lmm.imaging import max_image_pixels
 from lmm.text.tokenize import IMAGE_TOKEN_INDEX
 
 log = logging.getLogger(__name__)
@@ -160,14 +161,15 @@ class ShardDataModule(L.LightningDataModule):
     def shard_dir(self) -> Path | str:
         """The configured shard folder, or the cache folder of an on-demand conversion: named by a hash of the
         source JSON (path, size, mtime), the image folder and the conversion options (source rules, shard size,
-        verification) — nothing of the model (tokenizer, template, image tokens, max_length): one conversion of a
-        data set serves every experiment; token lengths are counted at load time."""
+        verification, the converter's format and the image pixel limit) — nothing of the model (tokenizer,
+        template, image tokens, max_length): one conversion of a data set serves every experiment; token lengths are
+        counted at load time."""
         if self._shard_dir is not None:
             return self._shard_dir
         m, src = self.mixture, Path(self.mixture.json)
         stat = src.stat() if src.is_file() else None
         key = [str(src.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, m.image_folder, m.rules,
-               m.unknown_source, m.shard_size, m.verify_images]
+               m.unknown_source, m.shard_size, m.verify_images, FORMAT_VERSION, max_image_pixels()]
         folder = self.cache_dir / "shards" / f"{self.stage_name}-{_digest(key, 6)}"
         if stat is not None:  # before the JSON exists (a twin not yet written) the name is provisional
             self._shard_dir = folder

@@ -8,6 +8,11 @@ and ``position`` (index in it), plus ``members`` (tar member → ``[data offset,
 Selection never depends on worker, rank or shard counts: a subsample keeps ``round(r × N)`` rows exactly, split over
 sources by largest-remainder rounding of ``r × N_source``, and within a source takes the rows whose
 ``blake2b(seed:key)`` ranks lowest — so subsets are nested across ratios (the 0.1 subset lies inside the 0.3 one).
+
+A manifest is checked as it is loaded (:func:`plain_name`, :func:`member_spans`): shard names are plain file names
+inside the folder, member spans two integers >= 0, every line UTF-8 JSON — else a ``ValueError`` naming the line or
+row. (``lmm.data.shards.read_member`` checks the rest when it reads: a regular file, inside the folder, the span
+inside the file.)
 """
 
 from __future__ import annotations
@@ -120,13 +125,19 @@ class Manifest:
 
     def __init__(self, root: str | Path | None, rows: Iterable[Mapping] = (), report: dict | None = None):
         cols: dict[str, list] = {c: [] for c in COLUMNS}
+        names: set[str] = set()  # shard names found plain (a name is checked once, not once per row)
         for n, row in enumerate(rows):
             try:
+                shard = row.get("shard", "")
+                if "shard" in row and shard not in names:
+                    names.add(plain_name(shard))
                 values = (row["key"], str(row.get("id", row["key"])), row["source"], bool(row.get("has_image", False)),
                           int(row.get("n_images", 0)), int(row.get("words", 1)), int(row.get("tokens", -1)),
-                          row.get("shard", ""), int(row.get("position", 0)), dict(row.get("members", {})))
+                          shard, int(row.get("position", 0)), member_spans(row.get("members", {})))
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{root}: manifest row {n + 1} is malformed: {e!r}") from None
+                where = join(root, MANIFEST_NAME) if root is not None else "manifest"
+                detail = f"no field {e}" if isinstance(e, KeyError) else e
+                raise ValueError(f"{where} row {n + 1} is malformed: {detail}") from None
             for c, v in zip(COLUMNS, values):
                 cols[c].append(v)
         self.root, self.report = root, report or {}
@@ -142,22 +153,24 @@ class Manifest:
 
     @classmethod
     def load(cls, root: str | Path) -> Manifest:
-        """The manifest of a shard folder: a local folder or a URL (:mod:`lmm.data.remote`, fetched once)."""
+        """The manifest of a shard folder: a local folder or a URL (:mod:`lmm.data.remote`, fetched once, at most
+        ``RemoteReader.max_file`` bytes). A line that is not UTF-8 JSON, or a row that names a shard outside the
+        folder or a span that is not two integers >= 0, is a :class:`ValueError` naming the file and line or row."""
         if is_url(root):
             path, reader = join(root, MANIFEST_NAME), RemoteReader()
-            lines = reader.read(path).decode("utf-8").splitlines()
+            lines = reader.read(path).split(b"\n")
             try:
-                report = json.loads(reader.read(join(root, REPORT_NAME)))
+                report = reader.read(join(root, REPORT_NAME), limit=RemoteReader.max_report)
             except RemoteReadError:
-                report = {}
-            return cls(root, _parse(path, lines), report)
+                report = None  # a folder without its conversion report still trains
+            return cls(root, _parse(path, lines), _report(join(root, REPORT_NAME), report))
         root = Path(root)
         path = root / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {MANIFEST_NAME} in {root}: convert the data first (python -m lmm.data.shards)")
         report = root / REPORT_NAME
-        with open(path, encoding="utf-8") as f:
-            return cls(root, _parse(path, f), json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {})
+        with open(path, "rb") as f:
+            return cls(root, _parse(path, f), _report(report, report.read_bytes() if report.is_file() else None))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -191,8 +204,31 @@ class Manifest:
                 if (codes == c).any()}
 
 
-def _parse(path, lines: Iterable[str]) -> Iterator[dict]:
-    for n, line in enumerate(lines):
+def plain_name(name) -> str:
+    """``name`` when it is a plain file name (a shard in its folder), else :class:`ValueError`: no ``/``, ``\\``,
+    ``:`` (a drive) or NUL, not empty, ``.`` or ``..`` — a manifest never makes the loader read outside the folder."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\:\0"):
+        raise ValueError(f"shard name {name!r} is not a plain file name inside the shard folder")
+    return name
+
+
+def member_spans(members) -> dict[str, list[int]]:
+    """``members`` (tar member → ``[offset, size]``) when every span is two integers >= 0, else :class:`ValueError`."""
+    if type(members) is not dict:
+        raise ValueError(f"members {members!r} is not a mapping of member names to [offset, size]")
+    for name, span in members.items():  # type(...) is int: not a bool, a float or a string (a hot loop: 665K rows)
+        if type(span) not in (list, tuple) or len(span) != 2 or type(span[0]) is not int or type(span[1]) is not int \
+                or span[0] < 0 or span[1] < 0:
+            raise ValueError(f"member {name!r} has the span {span!r}, not [offset, size] as two integers >= 0")
+    return members
+
+
+def _parse(path, lines: Iterable[bytes]) -> Iterator[dict]:
+    for n, raw in enumerate(lines):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} line {n + 1}: not UTF-8 ({e.reason} at byte {e.start} of the line)") from None
         if not line.strip():
             continue
         try:
@@ -202,6 +238,18 @@ def _parse(path, lines: Iterable[str]) -> Iterator[dict]:
         except (json.JSONDecodeError, KeyError) as e:
             raise ValueError(f"{path} line {n + 1} is not a manifest row: {e}") from None
         yield row
+
+
+def _report(path, data: bytes | None) -> dict:
+    if data is None:
+        return {}
+    try:
+        report = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # not UTF-8, not JSON
+        raise ValueError(f"{path} is not a JSON report: {e}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} is not a JSON report: a {type(report).__name__}, not an object")
+    return report
 
 
 def _rank(seed: int | str, key: str) -> bytes:

@@ -1,6 +1,9 @@
 """One manifest item → one training example: the sample's members read from its shard (a local file by ``pread``,
 or a URL by byte range, a micro-batch's ranges prefetched concurrently), the record parsed once, the images decoded,
-the sample processor applied; a bad sample becomes a counted :class:`Skipped` (or an error with ``on_error=raise``)."""
+the sample processor applied; a bad sample becomes a counted :class:`Skipped` (or an error with ``on_error=raise``).
+A shard that cannot be read (missing, not a regular file, a link out of its folder, a span past its end, a failed
+or dead remote shard) is the skip ``unreadable_shard``; too many dead remote shards stop the run
+(:class:`~lmm.data.remote.RemoteUnavailableError` passes through, never a skip)."""
 
 from __future__ import annotations
 
@@ -13,19 +16,21 @@ from lmm.data.images import ImageLoadError
 from lmm.data.mixture import SourcedRecord
 from lmm.data.processor import SampleProcessor
 from lmm.data.records import RecordError, parse_record
-from lmm.data.remote import RemoteReader, RemoteReadError, is_url
+from lmm.data.remote import RemoteReader, RemoteReadError, RemoteUnavailableError, is_url
 from lmm.data.shards import decode_image, read_member
+from lmm.imaging import max_image_pixels
 
 log = logging.getLogger(__name__)
 
 
 class SampleReader:
     """One manifest item ``(key, id, source, shard path, members)`` → :class:`Example`, or :class:`Skipped` with the
-    reason (``on_error="raise"`` raises instead)."""
+    reason (``on_error="raise"`` raises instead). ``handles`` caches open local shards (``path → (fd, size)``)."""
 
     def __init__(self, processor: SampleProcessor, on_error: str = "skip"):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        max_image_pixels()  # a bad LMM_MAX_IMAGE_PIXELS stops the run here, not as a skip of every image sample
         self.processor, self.on_error, self.handles = processor, on_error, {}
         self.remote: RemoteReader | None = None
         self.fetched: dict[tuple[str, int], bytes | RemoteReadError] = {}  # a micro-batch's prefetched members
@@ -52,8 +57,8 @@ class SampleReader:
                     got = self._remote().read(shard, span[0], span[1])
                 return got
             return read_member(shard, span, self.handles)
-        except OSError as e:  # RemoteReadError included
-            raise RecordError(sid, "unreadable_shard", f"{shard}: {e}") from None
+        except OSError as e:  # RemoteReadError included; their messages name the shard, the OS's may not
+            raise RecordError(sid, "unreadable_shard", str(e) if str(shard) in str(e) else f"{shard}: {e}") from None
 
     def __call__(self, item: tuple) -> Example | Skipped:
         key, sid, source, shard, members = item
@@ -79,6 +84,8 @@ class SampleReader:
                 raise
             log.warning("skipped %s", e)
             return Skipped(e.sample_id, e.reason, e.detail)
+        except RemoteUnavailableError:  # the remote folder is gone: the run stops, it does not skip the epoch
+            raise
         except Exception as e:  # a bug must not kill a worker silently mid-epoch: counted, logged, or raised
             if self.on_error == "raise":
                 raise
@@ -86,7 +93,7 @@ class SampleReader:
             return Skipped(sid, "load_error", f"{type(e).__name__}: {e}")
 
     def close(self) -> None:
-        for fd in self.handles.values():
+        for fd, _ in self.handles.values():
             os.close(fd)
         self.handles.clear()
         self.fetched.clear()

@@ -3,12 +3,14 @@
 A record is ``{"id": str, "image": "rel/path.jpg" (optional; a list is accepted), "conversations":
 [{"from": "human"|"gpt", "value": str}, ...]}`` (LLaVA's ``docs/Finetune_Custom_Data.md``). The converter, the
 map-style reader and the tests all call :func:`parse_record`; a bad record raises :class:`RecordError` naming the
-sample id and the reason, which training-time skips count under the same reason string.
+sample id and the reason, which training-time skips count under the same reason string. :func:`read_records` reads
+a file of them, where text that is not UTF-8 costs only the records holding it (``invalid_utf8``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -119,29 +121,113 @@ def parse_record(raw: Any, index: int | None = None) -> Record:
     return Record(sid, images, turns, raw, normalised)
 
 
+def printable(text: str) -> str:
+    """``text`` with what is not Unicode text shown as escapes: a byte that was not UTF-8 (kept by
+    ``surrogateescape``) as ``\\xff``, a lone surrogate (a ``\\ud83d`` escape in JSON) as ``\\ud83d``; so it can be
+    printed and written as UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _not_utf8(where: str, raw: Any, fallback: str, char: str) -> RecordError:
+    sid = printable(str(raw["id"])) if isinstance(raw, dict) and "id" in raw else fallback
+    return RecordError(sid, "invalid_utf8", f"{where}: byte 0x{ord(char) - 0xDC00:02x} is not UTF-8")
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, as ``surrogateescape`` decodes it
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _elements(text: str):
+    """``(index, start, end, value)`` of each element of the JSON list ``text``, parsed one by one (the spans give
+    each element's line); :class:`json.JSONDecodeError` where the text is not a JSON list."""
+    decoder = json.JSONDecoder()
+    pos = _SPACE.match(text).end()
+    if text[pos:pos + 1] != "[":
+        raise json.JSONDecodeError("Expecting '['", text, pos)
+    pos = _SPACE.match(text, pos + 1).end()
+    index = 0
+    if text[pos:pos + 1] != "]":
+        while True:
+            value, end = decoder.raw_decode(text, pos)
+            yield index, pos, end, value
+            index += 1
+            pos = _SPACE.match(text, end).end()
+            if text[pos:pos + 1] == "]":
+                break
+            if text[pos:pos + 1] != ",":
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+            pos = _SPACE.match(text, pos + 1).end()
+    if _SPACE.match(text, pos + 1).end() != len(text):
+        raise json.JSONDecodeError("Extra data", text, pos + 1)
+
+
+def _read_list(path: Path, data: bytes, rejected: list[RecordError]) -> list[tuple[int, Any]]:
+    """The ``(index, element)`` pairs of a JSON list file. Fast path: strict UTF-8 and :func:`json.loads`. When the
+    file holds bytes that are not UTF-8, it is decoded with ``surrogateescape`` and parsed element by element, and the
+    elements holding such bytes are rejected (``invalid_utf8``, with their id, index and line)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    try:
+        if text is not None:
+            raw = json.loads(text)
+            if not isinstance(raw, list):
+                raise ValueError(f"{path} must hold a JSON list of LLaVA records")
+            return list(enumerate(raw))
+        text = data.decode("utf-8", "surrogateescape")
+        if not text.startswith("[", _SPACE.match(text).end()):
+            json.loads(text)  # not a list: its own error, or a JSON value that is not a list
+            raise ValueError(f"{path} must hold a JSON list of LLaVA records")
+        items, line, seen = [], 1, 0
+        for index, start, end, value in _elements(text):
+            bad = _ESCAPED.search(text, start, end)
+            if bad is None:
+                items.append((index, value))
+                continue
+            line, seen = line + text.count("\n", seen, bad.start()), bad.start()
+            rejected.append(_not_utf8(f"record #{index}, line {line}", value, f"#{index}", bad.group()))
+        return items
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {printable(str(e))}") from None
+
+
 def read_records(json_path: str | Path) -> tuple[list[Record], list[RecordError]]:
-    """Parse a LLaVA JSON list (or JSONL) into valid records and the errors of the rejected ones."""
+    """Parse a LLaVA JSON list (or JSONL) into valid records and the errors of the rejected ones. Text that is not
+    UTF-8 costs only the records holding it (``invalid_utf8``: a JSONL line, or an element of a list, named by its id,
+    index and line); a JSONL line that is not JSON is ``malformed_json``; a list file that is not a JSON list at all
+    is a :class:`ValueError` naming the file. A UTF-8 byte-order mark is skipped."""
     path = Path(json_path)
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
     rejected: list[RecordError] = []
     if path.suffix == ".jsonl":
-        raw = []
-        for n, line in enumerate(text.splitlines()):
+        items = []
+        for n, line in enumerate(data.split(b"\n"), 1):  # JSON lines end at "\n" only (U+2028 is text)
             if not line.strip():
                 continue
             try:
-                raw.append(json.loads(line))
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                try:
+                    raw = json.loads(line.decode("utf-8", "surrogateescape"))
+                except json.JSONDecodeError:
+                    raw = None
+                where = f"line {n}, byte {e.start + 1}"
+                rejected.append(_not_utf8(where, raw, f"line {n}", chr(0xDC00 + line[e.start])))
+                continue
+            try:
+                items.append((len(items), json.loads(text)))
             except json.JSONDecodeError as e:
-                rejected.append(RecordError(f"line {n + 1}", "malformed_json", str(e)))
+                rejected.append(RecordError(f"line {n}", "malformed_json", str(e)))
     else:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(raw, list):
-            raise ValueError(f"{path} must hold a JSON list of LLaVA records")
+        items = _read_list(path, data, rejected)
+    del data
     records: list[Record] = []
-    for i, r in enumerate(raw):
+    for i, r in items:
         try:
             records.append(parse_record(r, i))
         except RecordError as e:

@@ -14,16 +14,26 @@ A sample is the WebDataset key ``<9-digit index>`` with ``json`` = ``{"id", "sou
 "record": <the raw LLaVA record>}`` and one member per image holding the original file bytes (``jpg``/``png``/...;
 ``0.jpg``, ``1.jpg``... when there are several). Non-RGB images (CMYK, palette, RGBA, 16-bit grey) are kept as they
 are and converted to RGB when loaded.
+
+Nothing a record names can make a member that a reader of the shards would run: an image's extension must be one of
+:data:`lmm.data.images.IMAGE_EXTENSIONS` (a file without one is named by its content), else the record is rejected
+(``unsupported_image_extension``) — a plain ``wds.WebDataset(...).decode()`` of our shards sees ``json`` and images
+only, never a pickle. Every image read obeys the one pixel limit (:func:`lmm.imaging.max_image_pixels`, part of the
+fingerprint). ``force`` never loses a good conversion: the input is read first, the new conversion is built in a
+fresh sibling folder, and only once it is complete does it replace the old folder (which must hold the converter's
+files only).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import multiprocessing as mp
 import os
+import re
+import shutil
+import stat
 import sys
 import tarfile
 import time
@@ -31,15 +41,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageFile
-
-from lmm.data.images import ImageLoadError, to_rgb
+from lmm.common import UnsafePathError, inside
+from lmm.data.images import (
+    FORMAT_NAMES,
+    IMAGE_EXTENSIONS,
+    ImageLoadError,
+    decode_image,  # also lmm.data.shards.decode_image, as the loader imports it
+    image_format,
+    read_image_file,
+)
 from lmm.data.manifest import MANIFEST_NAME, REPORT_NAME, write_manifest
-from lmm.data.records import Record, RecordError, parse_record, read_records
+from lmm.data.records import Record, RecordError, parse_record, printable, read_records
 from lmm.data.sources import SourceTagger
+from lmm.imaging import max_image_pixels
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: image members only with image extensions; the pixel limit in the fingerprint
 CONFIG_NAME = "convert.json"
+# What the converter writes in its --out folder (a forced re-conversion replaces a folder holding only these).
+OWN_FILES = re.compile(r"(shard-\d{6}\.(tar|json)|manifest\.jsonl|report\.json|convert\.json)(\.tmp\d*)?")
 
 
 def shard_name(k: int) -> str:
@@ -54,26 +73,35 @@ def _done(out: Path, k: int) -> bool:
     return (out / part_name(k)).is_file() and (out / shard_name(k)).is_file()
 
 
-def decode_image(data: bytes, name: str = "") -> Image.Image:
-    """Fully decode image bytes as 8-bit RGB (as :func:`lmm.data.images.load_image` does for files)."""
-    prev = ImageFile.LOAD_TRUNCATED_IMAGES
-    try:
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return to_rgb(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageLoadError("corrupt_image", f"{name}: {e}") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = prev
+def _member_ext(rel: str) -> str:
+    """The member extension of image ``rel`` from its name (``jpeg`` → ``jpg``), "" without one; refused
+    (``unsupported_image_extension``) unless it is an image extension."""
+    ext = os.path.splitext(os.path.basename(rel))[1].lower().lstrip(".")
+    if ext and ext not in IMAGE_EXTENSIONS:
+        raise ImageLoadError("unsupported_image_extension", f"{rel}: {ext!r} is not an image extension "
+                                                            f"({', '.join(IMAGE_EXTENSIONS)})")
+    return "jpg" if ext == "jpeg" else ext
 
 
-def _image_exts(paths: list[str]) -> list[str]:
-    exts = []
-    for p in paths:
-        ext = Path(p).suffix.lower().lstrip(".").replace("jpeg", "jpg") or "img"
-        exts.append(ext if len(paths) == 1 else f"{len(exts)}.{ext}")
-    return exts
+def _read_images(folder: Path | None, images: list[str], verify: bool) -> list[tuple[str, bytes]]:
+    """``(member name, file bytes)`` of a record's images, or :class:`ImageLoadError` with the reason."""
+    members = []
+    for rel in images:
+        ext = _member_ext(rel)
+        if folder is None:
+            raise ImageLoadError("missing_image", f"no file at {rel} (no image folder)")
+        try:
+            path = inside(folder, rel)
+        except UnsafePathError as e:
+            raise ImageLoadError("unsafe_image_path", str(e)) from None
+        data = read_image_file(path)
+        ext = ext or image_format(data) or ""
+        if not ext:
+            raise ImageLoadError("unsupported_image_extension", f"{rel}: no extension, and not a {FORMAT_NAMES} image")
+        if verify:
+            decode_image(data, rel)
+        members.append((ext if len(images) == 1 else f"{len(members)}.{ext}", data))
+    return members
 
 
 def _token_length(record: Record, tokenizer, template) -> int:
@@ -100,33 +128,24 @@ def _write_shard(job: tuple[int, list[tuple[str, dict, str]]]) -> dict:
     out, folder = Path(opt["out"]), Path(opt["image_folder"]) if opt["image_folder"] else None
     name = shard_name(k)
     rows, rejected, over_length = [], [], []
-    inside = os.path.join(os.path.realpath(folder), "") if folder is not None else ""
     tmp = out / f"{name}.tmp{os.getpid()}"
     with wds.TarWriter(str(tmp), mtime=0) as sink:
         for key, raw, source in entries:
             record = parse_record(raw)
             try:
-                blobs = []
-                for rel in record.images:
-                    if folder is not None and not os.path.realpath(folder / rel).startswith(inside):
-                        raise ImageLoadError("unsafe_image_path", f"{folder / rel} resolves outside {folder} (a link)")
-                    if folder is None or not (folder / rel).is_file():
-                        raise ImageLoadError("missing_image", f"no file at {folder / rel if folder else rel}")
-                    try:
-                        data = (folder / rel).read_bytes()
-                    except OSError as e:
-                        raise ImageLoadError("unreadable_image", f"{folder / rel}: {e}") from None
-                    if opt["verify_images"]:
-                        decode_image(data, rel)
-                    blobs.append(data)
-            except ImageLoadError as e:
-                rejected.append({"id": record.id, "reason": e.reason, "detail": e.detail, "key": key})
+                images = _read_images(folder, record.images, opt["verify_images"])
+                meta = json.dumps({"id": record.id, "source": source, "images": [e for e, _ in images],
+                                   "record": raw}, ensure_ascii=False)
+                try:
+                    meta_bytes = meta.encode("utf-8")
+                except UnicodeEncodeError as e:  # a lone surrogate (a JSON escape such as \\ud83d): not text
+                    raise RecordError(record.id, "invalid_utf8", f"a string holds "
+                                      f"{printable(e.object[e.start:e.end])}, which is not Unicode text") from None
+            except (ImageLoadError, RecordError) as e:
+                rejected.append({"id": printable(record.id), "reason": e.reason, "detail": printable(e.detail),
+                                 "key": key})
                 continue
-            exts = _image_exts(record.images)
-            sample = {"__key__": key, "json": json.dumps({"id": record.id, "source": source, "images": exts,
-                                                          "record": raw}, ensure_ascii=False).encode("utf-8")}
-            sample.update(zip(exts, blobs))
-            sink.write(sample)
+            sink.write({"__key__": key, "json": meta_bytes, **dict(images)})
             tokens = _token_length(record, opt["tokenizer"], opt["template"]) if opt["tokenizer"] else -1
             rows.append({"key": key, "id": record.id, "source": source, "has_image": record.has_image,
                          "n_images": len(record.images), "words": record.word_length(), "tokens": tokens,
@@ -145,7 +164,7 @@ def _write_shard(job: tuple[int, list[tuple[str, dict, str]]]) -> dict:
     part = {"shard": name, "index": k, "n_in": len(entries), "rows": rows, "rejected": rejected,
             "over_length": over_length}
     part_tmp = out / f"{part_name(k)}.tmp{os.getpid()}"
-    part_tmp.write_text(json.dumps(part, ensure_ascii=False))
+    part_tmp.write_text(json.dumps(part, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
     part_tmp.replace(out / part_name(k))
     return part
 
@@ -162,7 +181,10 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
             tokenizer=None, template=None, verify_images: bool = True, num_image_tokens: int | None = None,
             max_length: int | None = None, force: bool = False, echo=print) -> dict:
     """Convert (idempotently) and return the report; see the module docstring. ``template`` is a
-    :class:`~lmm.text.templates.Template` (or its name) used with ``tokenizer`` for the manifest's token counts."""
+    :class:`~lmm.text.templates.Template` (or its name) used with ``tokenizer`` for the manifest's token counts.
+    The input is read before anything is written: a JSON file that cannot be read or is not a JSON list raises,
+    leaving ``out`` as it was. ``force`` redoes the conversion in a fresh sibling folder that replaces ``out`` only
+    once it is complete (refused, before any work, when ``out`` holds files that are not the converter's)."""
     from lmm.text.templates import get_template
 
     t0 = time.perf_counter()
@@ -175,12 +197,12 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
         raise ValueError("token counts need the stage's template along with the tokenizer")
     options = {"image_folder": str(Path(image_folder).resolve()) if image_folder else None, "shard_size": shard_size,
                "rules": rules, "unknown_source": unknown_source, "verify_images": verify_images,
+               "max_image_pixels": max_image_pixels(),
                "tokenizer": getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None,
                "vocab": len(tokenizer) if tokenizer is not None else None,
                "template": template.name if template is not None else None,
                "image_tokens": num_image_tokens, "max_length": max_length}
     fp = _fingerprint(json_path, options)
-    out.mkdir(parents=True, exist_ok=True)
     cfg_path, report_path = out / CONFIG_NAME, out / REPORT_NAME
     if cfg_path.is_file() and not force:
         old = json.loads(cfg_path.read_text())
@@ -194,25 +216,64 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
                 report.update(written_shards=0, skipped_shards=report["shards"])
                 echo(format_report(report, out))
                 return report
-    if force:
-        for p in out.glob("shard-*"):
-            p.unlink()
-    cfg_path.write_text(json.dumps(fp, indent=1))
+    replace = force and out.is_dir() and any(out.iterdir())
+    if replace:
+        foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and OWN_FILES.fullmatch(p.name)))
+        if foreign:
+            raise ValueError(f"--force replaces the whole folder {out}, which holds files that are not the "
+                             f"converter's ({', '.join(foreign[:5])}); convert into an --out folder of its own")
+    records, parse_rejected = read_records(json_path)  # a bad input fails here, before anything is written
+    work = out.resolve().with_name(f"{out.resolve().name}.new{os.getpid()}") if replace else out
+    if replace:
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        (work / CONFIG_NAME).write_text(json.dumps(fp, indent=1))
+        worker_opts = {"out": str(work), "image_folder": options["image_folder"], "verify_images": verify_images,
+                       "tokenizer": tokenizer, "template": template, "image_tokens": num_image_tokens or 0,
+                       "max_length": max_length}
+        report = _convert_records(records, parse_rejected, SourceTagger(rules, unknown_source), work, shard_size,
+                                  workers, worker_opts, json_path, out)
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        tmp = work / (REPORT_NAME + ".tmp")  # text that is not Unicode is written as its JSON escape
+        tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
+        tmp.replace(work / REPORT_NAME)
+    except BaseException:
+        if replace:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if replace:
+        _swap_in(work, out.resolve())
+    echo(format_report(report, out))
+    return report
 
-    records, parse_rejected = read_records(json_path)
-    tagger = SourceTagger(rules, unknown_source)
-    rejected = [{"id": e.sample_id, "reason": e.reason, "detail": e.detail} for e in parse_rejected]
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` in the place of ``out``, then delete the old one."""
+    old = out.with_name(f"{out.name}.old{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    try:
+        new.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
+
+
+def _convert_records(records: list[Record], parse_rejected: list[RecordError], tagger: SourceTagger, work: Path,
+                     shard_size: int, workers: int, worker_opts: dict, json_path: Path, out: Path) -> dict:
+    """Tag, write the missing shards of ``work``, the manifest and the report (named as ``out``); returns it."""
+    rejected = [{"id": printable(e.sample_id), "reason": e.reason, "detail": printable(e.detail)}
+                for e in parse_rejected]
     entries: list[tuple[str, dict, str]] = []
     for rec in records:
         try:
             entries.append((f"{len(entries):09d}", rec.raw, tagger(rec)))
         except RecordError as e:
-            rejected.append({"id": e.sample_id, "reason": e.reason, "detail": e.detail})
+            rejected.append({"id": printable(e.sample_id), "reason": e.reason, "detail": printable(e.detail)})
     jobs = [(k, entries[s:s + shard_size]) for k, s in enumerate(range(0, len(entries), shard_size))]
-    todo = [job for job in jobs if not _done(out, job[0])]
-    worker_opts = {"out": str(out), "image_folder": options["image_folder"], "verify_images": verify_images,
-                   "tokenizer": tokenizer, "template": template, "image_tokens": num_image_tokens or 0,
-                   "max_length": max_length}
+    todo = [job for job in jobs if not _done(work, job[0])]
     if workers > 1 and len(todo) > 1:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(min(workers, len(todo)), _init_worker, (worker_opts,)) as pool:
@@ -223,10 +284,10 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
         for job in todo:
             _write_shard(job)
         _WORKER.clear()
-    parts = [json.loads((out / part_name(k)).read_text()) for k, _ in jobs]
+    parts = [json.loads((work / part_name(k)).read_text(encoding="utf-8")) for k, _ in jobs]
     rows = [row for part in parts for row in part["rows"]]
     rejected += [r for part in parts for r in part["rejected"]]
-    write_manifest(out / MANIFEST_NAME, rows)
+    write_manifest(work / MANIFEST_NAME, rows)
     report = {
         "json": str(json_path), "out": str(out), "records_in": len(records) + len(parse_rejected),
         "converted": len(rows), "rejected": len(rejected), "shards": len(jobs),
@@ -237,15 +298,10 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
         "normalised": dict(sorted(Counter(n for r in records for n in r.normalised).items())),
         "rejected_samples": rejected,
         "over_length": [i for p in parts for i in p["over_length"]],
-        "seconds": round(time.perf_counter() - t0, 3),
     }
     if report["records_in"] != report["converted"] + report["rejected"]:  # pragma: no cover - an internal bug
         raise RuntimeError(f"conversion lost samples: {report['records_in']} in, {report['converted']} out, "
                            f"{report['rejected']} rejected")
-    tmp = report_path.with_name(REPORT_NAME + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    tmp.replace(report_path)
-    echo(format_report(report, out))
     return report
 
 
@@ -268,24 +324,46 @@ def format_report(report: dict, out: str | Path, max_listed: int = 50) -> str:
     if len(report["rejected_samples"]) > max_listed:
         lines.append(f"    ... {len(report['rejected_samples']) - max_listed} more in {Path(out) / REPORT_NAME}")
     lines.append(f"  in {report['records_in']} = out {report['converted']} + rejected {report['rejected']}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def read_member(shard_path: str | Path, span: list[int], handles: dict | None = None) -> bytes:
-    """Read one tar member's bytes by its ``[offset, size]`` (manifest ``members``); ``handles`` caches open files."""
-    if handles is None:
-        with open(shard_path, "rb") as f:
-            f.seek(span[0])
-            return f.read(span[1])
-    fd = handles.get(shard_path)
-    if fd is None:
-        if len(handles) >= 64:
-            os.close(handles.pop(next(iter(handles))))
-        fd = handles[shard_path] = os.open(shard_path, os.O_RDONLY)
-    data = os.pread(fd, span[1], span[0])
-    if len(data) != span[1]:
-        raise OSError(f"{shard_path}: short read at offset {span[0]} ({len(data)} of {span[1]} bytes)")
-    return data
+    """Read one tar member's bytes by its ``[offset, size]`` (manifest ``members``); ``handles`` caches open files
+    (``path → (fd, size)``; the caller closes them). Refused with an :class:`OSError` naming the shard and the reason,
+    before a byte is read: a shard that resolves outside its folder (a link: :func:`lmm.common.inside`), anything but
+    a regular file (a FIFO is opened non-blocking and refused, never waited on; ``/dev/zero`` is a device), and a
+    span that is not ``0 <= offset``, ``0 <= size``, ``offset + size <= the file's size`` (fstat once per opened file)."""
+    own = handles is None
+    handles = {} if own else handles
+    try:
+        entry = handles.get(shard_path)
+        if entry is None:
+            try:
+                path = inside(os.path.dirname(shard_path) or ".", os.path.basename(shard_path))
+            except UnsafePathError as e:
+                raise OSError(f"{shard_path}: not read: {e}") from None
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise OSError(f"{shard_path}: not a regular file (a FIFO, a device or a folder is never read)")
+            if len(handles) >= 64:
+                os.close(handles.pop(next(iter(handles)))[0])
+            entry = handles[shard_path] = (fd, st.st_size)
+        fd, length = entry
+        if not (isinstance(span, list | tuple) and len(span) == 2 and all(isinstance(v, int) for v in span)):
+            raise OSError(f"{shard_path}: member span {span!r} is not [offset, size]")
+        offset, size = span
+        if offset < 0 or size < 0 or offset + size > length:
+            raise OSError(f"{shard_path}: member span [{offset}, {size}] lies outside the file ({length} bytes)")
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"{shard_path}: short read at offset {offset} ({len(data)} of {size} bytes)")
+        return data
+    finally:
+        if own:
+            for fd, _ in handles.values():
+                os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None, help="report samples longer than this after the splice")
     p.add_argument("--image-tokens", type=int, default=None, help="tokens per image (576 for CLIP-L/14 at 336 px)")
     p.add_argument("--no-verify-images", action="store_true", help="store image bytes without decoding them")
-    p.add_argument("--force", action="store_true", help="redo the conversion from scratch")
+    p.add_argument("--force", action="store_true",
+                   help="redo the conversion from scratch (the old folder is replaced once the new one is complete)")
     a = p.parse_args(argv)
     tok = None
     if a.tokenizer:
