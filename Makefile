@@ -94,14 +94,14 @@ rehearse-data: ## Full-size data rehearsal (558,128 + 665,298 records): convert,
 bench-gpu: ## One GPU: real-size step of a ~1B-LLM LLaVA (bf16, fp32 masters) — tokens/s, MFU; ARGS="--device cpu --toy" on CPU
 	$(PY) benchmarks/gpu_step.py $(ARGS)
 
-merge-lora: ## Merge a LoRA model folder into full weights: make merge-lora SRC=... DST=...
-	$(PY) -m lmm.models.checkpoint merge $(SRC) $(DST)
+merge-lora: ## Merge a LoRA model folder into full weights: make merge-lora SRC=... DST=... [ARGS="--overwrite"]
+	$(PY) -m lmm.models.checkpoint merge $(SRC) $(DST) $(ARGS)
 
-export-hf: ## Export a model folder to the llava-hf layout: make export-hf MODEL=outputs/<run> OUT=...
-	$(PY) -m lmm.interop export $(MODEL) $(OUT)
+export-hf: ## Export a model folder to the llava-hf layout: make export-hf MODEL=outputs/<run> OUT=... [ARGS="--overwrite"]
+	$(PY) -m lmm.interop export $(MODEL) $(OUT) $(ARGS)
 
-import-hf: ## Import a llava-hf folder (e.g. llava-1.5-7b-hf) as an lmm model folder: make import-hf HF=... OUT=...
-	$(PY) -m lmm.interop import $(HF) $(OUT)
+import-hf: ## Import a llava-hf folder (e.g. llava-1.5-7b-hf) as an lmm model folder: make import-hf HF=... OUT=... [ARGS=...]
+	$(PY) -m lmm.interop import $(HF) $(OUT) $(ARGS)
 
 score: ## Score a predictions file: make score BENCH=pope PRED=answers.jsonl ROOT=playground/data/eval
 	$(PY) -m lmm.evaluation score $(BENCH) --predictions $(PRED) --data-root $(ROOT)

@@ -180,6 +180,24 @@ def test_convert(capsys, tmp_path, write_jsonl, make_answer):
     assert code == 2 and "no prediction" in err
 
 
+def test_convert_never_writes_over_its_predictions(capsys, tmp_path, make_answer):
+    """``--output`` naming the predictions file (as spelt, through a link, or with ``..``) is refused with exit
+    code 2 and the answers stay as they were; an output written elsewhere leaves no temporary file behind."""
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps(make_answer("7", "Yes.")) + "\n")
+    before = answers.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.jsonl").symlink_to(answers)
+    for output in (answers, tmp_path / "link.jsonl", tmp_path / "sub" / ".." / "answers.jsonl"):
+        code, out, err = run(capsys, "convert", "gqa", "--predictions", answers, "--data-root", tmp_path,
+                             "--output", output)
+        assert code == 2 and out is None and "is the predictions file" in err and str(output) in err
+        assert answers.read_bytes() == before
+    code, _, _ = run(capsys, "convert", "gqa", "--predictions", answers, "--data-root", tmp_path,
+                     "--output", tmp_path / "sub" / "gqa.json")
+    assert code == 0 and [p.name for p in (tmp_path / "sub").iterdir()] == ["gqa.json"]
+
+
 @pytest.mark.slow  # a subprocess: `python -m lmm.evaluation`
 def test_module_entry_point(eval_samples):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true")

@@ -167,6 +167,9 @@ def test_client_retries_server_errors_and_fails_fast_on_client_errors(fake_judge
     garbled = fake_judge(lambda payload: b'{"choices": []}')
     with pytest.raises(JudgeError, match="malformed"):
         _client(garbled).complete([], temperature=0, max_tokens=3)
+    not_utf8 = fake_judge(lambda payload: b'{"choices": "\xff"}')  # a JudgeError too, not a UnicodeDecodeError
+    with pytest.raises(JudgeError, match="malformed"):
+        _client(not_utf8).complete([], temperature=0, max_tokens=3)
 
 
 @pytest.fixture

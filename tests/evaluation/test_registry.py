@@ -67,7 +67,6 @@ def test_question_load_image(tmp_path):
     path = tmp_path / "img.png"
     Image.new("RGBA", (5, 4)).save(path)
     assert Question(question_id=1, prompt="q", image=path).load_image().mode == "RGB"
-    assert Question(question_id=1, prompt="q", image=path).load_image(convert_rgb=False).mode == "RGBA"
     buffer = io.BytesIO()
     Image.new("L", (2, 3)).save(buffer, format="JPEG")
     b64 = Question(question_id=2, prompt="q", image_b64=base64.b64encode(buffer.getvalue()).decode())

@@ -1,6 +1,7 @@
 """`python eval.py` on the checkpoint of `python train.py`: answer files, official scores, MLflow child run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,9 @@ def test_eval_writes_answers_scores_and_mlflow(default_run, tmp_path, capsys):
     trained, _ = default_run
     ev = [sys.executable, "eval.py", f"checkpoint={trained}", f"hydra.run.dir={tmp_path}/eval",
           f"eval.data_root={tmp_path}/bench", "eval.benchmarks=[pope,gqa,mmvet]"]
-    res = subprocess.run(ev, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # No MLFLOW_TRACKING_URI of the user's (it would win): the run goes to the training run's store, as its child.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    res = subprocess.run(ev, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "bench" / "pope" / "coco" / "coco_pope_random.json").exists()
     for bench in ("pope", "gqa"):

@@ -129,7 +129,7 @@ def test_old_per_run_stores_merge_once(tmp_path):
         old.append(uri)
     into = f"sqlite:///{tmp_path}/mlflow.db"
     assert merge(old, into, echo=lambda s: None)["copied"] == 4
-    assert merge(old, into, echo=lambda s: None) == {"copied": 0, "already": 4, "stores": 2}
+    assert merge(old, into, echo=lambda s: None) == {"copied": 0, "already": 4, "redone": 0, "stores": 2}
     c = MlflowClient(into)
     runs = {r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("lmm").experiment_id])}
     assert set(runs) == {"row0-finetune", "row0-eval", "row1-finetune", "row1-eval"}

@@ -3,6 +3,7 @@
     score   BENCH --predictions answers.jsonl --data-root playground/data/eval [--judgments F ...] [--split S]
     judge   {llava_wild,mmvet} --predictions answers.jsonl --data-root DIR --base-url URL --model NAME --output F
     convert {vqav2,vizwiz,gqa,seed,mmvet} --predictions answers.jsonl --data-root DIR --output F
+            (F is written atomically and may not be the predictions file)
 
 ``score`` prints one JSON object on stdout (warnings go to stderr). Exit codes: 0 ok, 2 error (missing files,
 malformed predictions, judge failure), 3 skipped (a judge-scored benchmark without judgments).
@@ -13,11 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from lmm.evaluation.answers import PredictionsError, read_predictions
+from lmm.evaluation.answers import PredictionsError, atomic_output, read_predictions
 from lmm.evaluation.benchmarks import BENCHMARKS, BenchmarkDataError, JudgeNotConfiguredError, get_benchmark
 from lmm.evaluation.benchmarks.base import read_json, warn_stderr
 from lmm.evaluation.benchmarks.gqa import gqa_prediction
@@ -102,7 +104,18 @@ def _judge(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": args.benchmark, "judge": args.model, "judgments": [str(p) for p in outputs]}
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (through links, ``..`` or another spelling)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _convert(args: argparse.Namespace) -> dict[str, Any]:
+    if _same_file(args.output, args.predictions):
+        raise ValueError(f"--output {args.output} is the predictions file {args.predictions}: converting would "
+                         "replace the answers; choose another output file")
     bench = get_benchmark(args.benchmark)
     predictions = read_predictions(args.predictions)
     records = predictions.records
@@ -122,8 +135,7 @@ def _convert(args: argparse.Namespace) -> dict[str, Any]:
         data = {mmvet_key(r["question_id"]): r["text"] for r in records}
     else:
         data = convert_seed_for_submission(records, read_json(args.data_root / SEED.GT_FILE)["questions"])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w", encoding="utf-8") as handle:
+    with atomic_output(args.output) as handle:
         if args.benchmark == "seed":
             handle.writelines(json.dumps(row) + "\n" for row in data)
         else:

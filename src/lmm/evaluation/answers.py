@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "PredictionFile",
     "PredictionsError",
     "as_prediction_file",
+    "atomic_output",
+    "check_record",
     "index_by",
     "make_answer_record",
+    "not_utf8",
     "read_predictions",
     "write_answers",
 ]
@@ -55,7 +59,14 @@ class PredictionFile:
         )
 
 
-def _check_record(obj: Any) -> str | None:
+def not_utf8(data: bytes, err: UnicodeDecodeError) -> str:
+    """What is wrong with ``data`` at ``err``, with the column of the first bad byte on its line."""
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return f"not UTF-8 text (byte 0x{data[err.start]:02x} at column {column})"
+
+
+def check_record(obj: Any) -> str | None:
+    """What makes ``obj`` not an answer record (``None`` when it is one)."""
     if not isinstance(obj, dict):
         return f"expected a JSON object, got {type(obj).__name__}"
     missing = [key for key in REQUIRED_KEYS if key not in obj]
@@ -69,23 +80,29 @@ def _check_record(obj: Any) -> str | None:
 
 
 def read_predictions(path: str | os.PathLike[str]) -> PredictionFile:
-    """Read an answer JSONL file. Blank lines are ignored; every other line that is not a valid record is
-    counted in ``unparsable`` with its line number. A missing file raises :class:`PredictionsError`."""
+    """Read an answer JSONL file. Blank lines are ignored; every other line that is not a valid record (not
+    UTF-8, not JSON, not an answer object) is counted in ``unparsable`` with its line number and the reason. A
+    missing file raises :class:`PredictionsError`."""
     path = Path(path)
     if not path.is_file():
         raise PredictionsError(f"predictions file not found: {path}")
     result = PredictionFile(records=[], path=path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             result.n_lines = number
-            if not line.strip():
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                result.unparsable.append((number, not_utf8(raw, err)))
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 result.unparsable.append((number, f"invalid JSON ({err.msg})"))
                 continue
-            problem = _check_record(obj)
+            problem = check_record(obj)
             if problem:
                 result.unparsable.append((number, problem))
             else:
@@ -101,7 +118,7 @@ def as_prediction_file(predictions: PredictionFile | Sequence[Mapping[str, Any]]
         return read_predictions(predictions)
     result = PredictionFile(records=[], n_lines=len(predictions))
     for number, obj in enumerate(predictions, start=1):
-        problem = _check_record(obj)
+        problem = check_record(obj)
         if problem:
             result.unparsable.append((number, problem))
         else:
@@ -142,16 +159,47 @@ def make_answer_record(
     return record
 
 
-def write_answers(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]], append: bool = False):
-    """Write answer records as JSONL (one object per line, UTF-8, non-ASCII kept as is). Returns the count."""
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+    """A UTF-8 text handle on a temporary sibling of ``path`` that replaces ``path`` (a rename) only when the
+    block ends without error: a failed write never leaves a half-written ``path``, nor the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _answer_lines(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    for record in records:
+        problem = check_record(record)
+        if problem:
+            raise PredictionsError(f"refusing to write an invalid answer record ({problem}): {record!r}")
+        yield json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_answers(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]], append: bool = False):
+    """Write answer records as JSONL (one object per line, UTF-8, non-ASCII kept as is). Returns the count.
+    Appended records are flushed to disk before returning; a new file replaces ``path`` atomically."""
+    path = Path(path)
     count = 0
-    with path.open("a" if append else "w", encoding="utf-8") as handle:
-        for record in records:
-            problem = _check_record(record)
-            if problem:
-                raise PredictionsError(f"refusing to write an invalid answer record ({problem}): {record!r}")
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if append:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            for line in _answer_lines(records):
+                handle.write(line)
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        return count
+    with atomic_output(path) as handle:
+        for line in _answer_lines(records):
+            handle.write(line)
             count += 1
     return count

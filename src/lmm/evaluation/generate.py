@@ -35,9 +35,11 @@ def answer_questions(
     batch_size: int = 16,
     model_id: str = "lmm",
     progress: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Answer ``questions`` (objects with ``question_id``, ``prompt``, ``answer_prompt``, ``has_image``,
-    ``load_image()``) in order; returns LLaVA answer-JSONL records."""
+    ``load_image()``) in order; returns LLaVA answer-JSONL records. ``on_batch`` gets each batch's records as soon
+    as they are generated (``eval.py`` writes them to disk, so an error in a later batch loses nothing)."""
     device = next(model.parameters()).device
     records: list[dict] = []
     for start in range(0, len(questions), batch_size):
@@ -58,9 +60,11 @@ def answer_questions(
                 tokenizer.pad_token_id,
                 image_grids=batch.image_grids,
             )
-        for q, tokens in zip(chunk, out):
-            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            records.append(make_answer_record(q, text, model_id))
+        batch_records = [make_answer_record(q, tokenizer.decode(tokens, skip_special_tokens=True).strip(), model_id)
+                         for q, tokens in zip(chunk, out)]
+        records.extend(batch_records)
+        if on_batch:
+            on_batch(batch_records)
         if progress:
             progress(len(records), len(questions))
     return records

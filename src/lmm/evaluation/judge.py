@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmm.evaluation.answers import PredictionsError, index_by, read_predictions
-from lmm.evaluation.benchmarks.base import BenchmarkDataError, JudgeNotConfiguredError, read_jsonl
+from lmm.evaluation.benchmarks.base import BenchmarkDataError, JudgeNotConfiguredError, read_json, read_jsonl
 from lmm.evaluation.benchmarks.llava_wild import LLaVAWild
 from lmm.evaluation.benchmarks.mmvet import MMVet, mmvet_key
 from lmm.evaluation.judge_prompts import (
@@ -60,13 +60,24 @@ class JudgeConfig:
     retry_wait_s: float = 1.0
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse every redirect: urllib would resend the ``Authorization`` header to wherever ``Location`` points
+    (another host included) and trust its answer. The 3xx then surfaces as an ``HTTPError``."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 class ChatClient:
-    """A minimal ``/chat/completions`` client on ``urllib``; retries 429 / 5xx / network errors with backoff."""
+    """A minimal ``/chat/completions`` client on ``urllib``; retries 429 / 5xx / network errors with backoff.
+    Redirects are never followed (the API key must reach only ``base_url``): a 3xx is a :class:`JudgeError`
+    naming where it pointed."""
 
     def __init__(self, config: JudgeConfig):
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self.api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def complete(self, messages: Sequence[Mapping[str, str]], *, temperature: float, max_tokens: int):
         """``(content, model)`` of the first choice; ``content`` may be ``None`` if the server sent none."""
@@ -84,18 +95,24 @@ class ChatClient:
         for attempt in range(self.config.max_attempts):
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                with self._opener.open(request, timeout=self.config.timeout_s) as response:
                     data = json.loads(response.read().decode("utf-8"))
                 message = data["choices"][0]["message"]
                 return message.get("content"), data.get("model", self.config.model)
             except urllib.error.HTTPError as err:
+                if 300 <= err.code < 400:
+                    raise JudgeError(
+                        f"judge endpoint {self.url} redirected (HTTP {err.code}) to "
+                        f"{err.headers.get('Location') or '(no Location header)'}; "
+                        "requests are not redirected, so the API key goes to the configured endpoint only: set "
+                        "the base URL to the final address") from err
                 detail = err.read().decode("utf-8", "replace")[:300]
                 if err.code != 429 and err.code < 500:
                     raise JudgeError(f"judge endpoint {self.url} answered HTTP {err.code}: {detail}") from err
                 last_error = f"HTTP {err.code}: {detail}"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 last_error = f"{type(err).__name__}: {err}"
-            except (KeyError, IndexError, TypeError, json.JSONDecodeError) as err:
+            except (KeyError, IndexError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise JudgeError(f"judge endpoint {self.url} sent a malformed response ({err!r})") from err
             if attempt + 1 < self.config.max_attempts:
                 time.sleep(min(30.0, self.config.retry_wait_s * 2**attempt))
@@ -248,7 +265,7 @@ def judge_mmvet(
     output = Path(output)
     grades: dict[str, dict[str, list[Any]]] = {}
     if resume and output.is_file():
-        grades = json.loads(output.read_text(encoding="utf-8"))
+        grades = read_json(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     for run in range(runs):
         for key, sample in metadata.items():

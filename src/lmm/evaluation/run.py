@@ -1,5 +1,10 @@
 """``eval.py``: run a trained checkpoint on a set of benchmarks, write LLaVA answer files, score them with the
-official-exact scorers, and log everything to MLflow as a child run of the training run."""
+official-exact scorers, and log everything to MLflow (a child run of the training run when it lands in the
+training run's store; :func:`tracking_uri_for`).
+
+Answers are written as they come and resumed by a re-run with the same settings (:mod:`lmm.evaluation.partial`);
+a missing or corrupt image stops the evaluation with the benchmark, question and file, the answers before it kept.
+A failed evaluation ends its MLflow run FAILED (KILLED when interrupted), never RUNNING."""
 
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.hd_cells import image_transform_for
-from lmm.evaluation.answers import write_answers
 from lmm.evaluation.benchmarks import get_benchmark
+from lmm.evaluation.benchmarks.base import QuestionImageError
 from lmm.evaluation.generate import answer_questions
+from lmm.evaluation.partial import PARTIAL, AnswerLog, answer_key
 from lmm.models.checkpoint import load_model_dir
 from lmm.text.templates import get_template
 from lmm.tracking.mlflow import ensure_store, flatten, git_sha, run_label
@@ -61,44 +67,74 @@ class EvalRun:
     run_id: str = ""
     parent: str | None = None  # the training run (same store), which gets eval/<bench>/score too
     tracking_uri: str = ""
+    model_dir: str = ""
+    aspect: str = ""
 
 
 def run_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) -> dict[str, Any]:
     """Evaluate ``checkpoint`` with the settings of an ``evaluation`` config node (conf/evaluation/default.yaml);
-    its benchmark files must exist (synthetic ones are written by :func:`lmm.synth.world.prepare_eval`)."""
+    its benchmark files must exist (synthetic ones are written by :func:`lmm.synth.world.prepare_eval`). When
+    anything fails, the MLflow run ends FAILED (KILLED on an interrupt) with the error as its ``error`` tag."""
     ev, spec = load_for_eval(cfg, checkpoint, output_dir)
-    open_run(ev, spec)
-    results = {name: evaluate_benchmark(ev, name) for name in cfg.benchmarks}
+    try:
+        open_run(ev, spec)
+        results = {name: evaluate_benchmark(ev, name) for name in cfg.benchmarks}
+    except BaseException as e:
+        _end_failed(ev, e)
+        raise
     ev.client.set_terminated(ev.run_id)
     return {"results": results, "run_id": ev.run_id, "tracking_uri": ev.tracking_uri, "output_dir": str(ev.out_dir)}
+
+
+def _end_failed(ev: EvalRun, error: BaseException) -> None:
+    """End the evaluation's MLflow run (if it was created) as FAILED, or KILLED for an interrupt, without hiding
+    ``error`` if the store cannot be reached."""
+    if not ev.run_id:
+        return
+    status = "FAILED" if isinstance(error, Exception) else "KILLED"
+    try:
+        ev.client.set_tag(ev.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        ev.client.set_terminated(ev.run_id, status)
+    except Exception as e:  # the store itself may be what failed
+        log.warning("could not mark MLflow run %s %s: %s", ev.run_id, status, e)
 
 
 def load_for_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) -> tuple[EvalRun, dict]:
     """The model folder's model (on ``cfg.device`` or the GPU if any), tokenizer, template and image transform."""
     model_dir = resolve_model_dir(checkpoint)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, spec = load_model_dir(model_dir, device)
+    model, tokenizer, spec = load_model_dir(model_dir, device,
+                                            trust_remote_code=bool(cfg.get("trust_remote_code", False)))
     if cfg.get("dtype"):  # the official evaluation runs the model in fp16 (bf16 where fp16 is not supported)
         model = model.to(getattr(torch, cfg.dtype))
     template = get_template(cfg.template or spec.get("template") or "vicuna_v1")
-    transform = image_transform_for(model, cfg.image_aspect_ratio or spec.get("image_aspect_ratio", "pad"))
+    aspect = cfg.image_aspect_ratio or spec.get("image_aspect_ratio", "pad")
+    transform = image_transform_for(model, aspect)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {**spec, "model_dir": str(model_dir)}
     return EvalRun(cfg, model, tokenizer, template, transform, cfg.model_id or model_dir.parent.parent.name,
-                   out_dir), spec
+                   out_dir, model_dir=str(model_dir), aspect=str(aspect)), spec
+
+
+def tracking_uri_for(explicit: str | None, recorded: str | None) -> str:
+    """The store of an evaluation: ``eval.tracking_uri`` when given, else the user's ``MLFLOW_TRACKING_URI``, else
+    the store the model folder's training run logged to (``recorded``), else the project's ``mlflow.db`` (eval.py
+    runs from the repository root). The user's setting always beats what a model folder says."""
+    return (explicit or os.environ.get("MLFLOW_TRACKING_URI") or recorded
+            or f"sqlite:///{Path('mlflow.db').resolve()}")
 
 
 def open_run(ev: EvalRun, spec: dict) -> None:
-    """The evaluation's MLflow run: a child of the training run when both live in the same store."""
+    """The evaluation's MLflow run (store: :func:`tracking_uri_for`): a child of the training run when it lands
+    in the store the training run logged to."""
     import mlflow
 
     cfg = ev.cfg
-    ev.tracking_uri = (cfg.tracking_uri or spec.get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-                       or f"sqlite:///{Path('mlflow.db').resolve()}")  # the project's store (run from its root)
+    recorded = spec.get("mlflow_tracking_uri")
+    ev.tracking_uri = tracking_uri_for(cfg.tracking_uri, recorded)
     ev.client = client = mlflow.MlflowClient(tracking_uri=ev.tracking_uri)
-    same_store = bool(spec.get("mlflow_tracking_uri")) and ev.tracking_uri == spec.get("mlflow_tracking_uri")
-    ev.parent = spec.get("mlflow_run_id") if same_store else None
+    ev.parent = spec.get("mlflow_run_id") if recorded and ev.tracking_uri == recorded else None
     exp_id = ensure_store(ev.tracking_uri, cfg.experiment_name)
     tags = {**(spec.get("tags") or {}), **(cfg.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"], "git_sha": git_sha(),
             "template": ev.template.name}
@@ -113,9 +149,20 @@ def open_run(ev: EvalRun, spec: dict) -> None:
         client.log_param(ev.run_id, k, "" if v is None else v)
 
 
+def _answer_log(ev: EvalRun, name: str, questions: list, max_new_tokens: int) -> AnswerLog:
+    """The benchmark's answer files, keyed by everything its answers depend on (:mod:`lmm.evaluation.partial`)."""
+    cfg = ev.cfg
+    params = next(ev.model.parameters())
+    settings = {"benchmark": name, "template": ev.template.name, "max_new_tokens": max_new_tokens,
+                "dtype": str(params.dtype).removeprefix("torch."), "batch_size": cfg.batch_size,
+                "model_id": ev.model_id, "image_aspect_ratio": ev.aspect, "device": params.device.type}
+    return AnswerLog(ev.out_dir / name, answer_key(ev.model_dir, settings, questions), questions)
+
+
 def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
-    """Answer one benchmark's questions, write LLaVA's answer file, score it officially (or skip it with the
-    reason: a judged benchmark without a judge), log scores and files to MLflow."""
+    """Answer one benchmark's questions (resuming the answers of an interrupted run with the same settings),
+    write LLaVA's answer file, score it officially (or skip it with the reason: a judged benchmark without a
+    judge), log scores and files to MLflow."""
     cfg, client = ev.cfg, ev.client
     bench = get_benchmark(name)
     options = dict((cfg.get("benchmark_options") or {}).get(name) or {})
@@ -126,17 +173,27 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
         log.warning(msg)
         client.set_tag(ev.run_id, f"skipped.{name}", msg)
         return {"skipped": msg}
-    questions = bench.questions(cfg.data_root)
+    questions = bench.questions(cfg.data_root)  # image names checked here, before anything is generated
     if cfg.limit:
         questions = questions[: cfg.limit]
+    max_new_tokens = cfg.max_new_tokens or bench.max_new_tokens
+    answers_log = _answer_log(ev, name, questions, max_new_tokens)
+    kept = answers_log.resume()
     t0 = time.perf_counter()
-    answers = answer_questions(ev.model, ev.tokenizer, ev.template, questions, ev.transform,
-                               cfg.max_new_tokens or bench.max_new_tokens, cfg.batch_size, ev.model_id)
+    try:
+        new = answer_questions(ev.model, ev.tokenizer, ev.template, questions[len(kept):], ev.transform,
+                               max_new_tokens, cfg.batch_size, ev.model_id, on_batch=answers_log.append)
+    except QuestionImageError as e:
+        raise QuestionImageError(
+            f"{name}: {e}. The {answers_log.n_saved} answer(s) before it are saved in {answers_log.folder / PARTIAL}; fix or "
+            "remove the image and run again into the same output folder with the same settings: only the "
+            "remaining questions are generated") from e
     seconds = time.perf_counter() - t0
-    ans_path = ev.out_dir / name / "answers.jsonl"
-    write_answers(ans_path, answers)
+    ans_path = answers_log.finish()
     scores = score_answers(cfg, bench, name, ans_path, ev.out_dir)
-    scores["answers_per_s"] = len(answers) / max(seconds, 1e-9)
+    scores["n_resumed"] = len(kept)
+    if new:
+        scores["answers_per_s"] = len(new) / max(seconds, 1e-9)
     (ev.out_dir / name / "scores.json").write_text(json.dumps(scores, indent=2, default=str))
     for k, v in _numeric(scores).items():
         client.log_metric(ev.run_id, f"eval/{name}/{k}", v)
@@ -150,8 +207,8 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
             client.log_metric(run, f"eval/{name}", float(scores["score"]))
     if ev.parent and isinstance(scores.get("score"), (int, float)):
         client.log_metric(ev.parent, f"eval/{name}/score", float(scores["score"]))
-    log.info("%s: score %s (%d answers, %.1f answers/s)", name, scores.get("score"), len(answers),
-             scores["answers_per_s"])
+    log.info("%s: score %s (%d answers, %d generated, %d kept from an earlier run)", name, scores.get("score"),
+             len(kept) + len(new), len(new), len(kept))
     return scores
 
 

@@ -132,17 +132,28 @@ def _write_weights(state: dict[str, torch.Tensor], out: Path, max_shard_size: st
 
 
 def export_llava_hf(model_dir: str | Path, out_dir: str | Path, dtype: str = "auto", image_processor: str = "auto",
-                    max_shard_size: str = "5GB") -> Path:
-    """Our model folder (plain or LoRA) → a llava-hf folder; see the module docstring."""
+                    max_shard_size: str = "5GB", overwrite: bool = False, trust_remote_code: bool = False) -> Path:
+    """Our model folder (plain or LoRA) → a llava-hf folder; see the module docstring. ``out_dir`` is written
+    whole or not at all (:func:`lmm.models.checkpoint.output_folder`): never the model folder itself, a non-empty
+    one only with ``overwrite``. ``trust_remote_code`` is the user's, never the model folder's."""
+    from lmm.models.checkpoint import output_folder
+
+    target = None if dtype == "auto" else _DTYPES.get(dtype)
+    if dtype != "auto" and target is None:
+        raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
+    with output_folder(out_dir, (model_dir,), overwrite) as tmp:
+        _export(Path(model_dir), tmp, target, image_processor, max_shard_size, trust_remote_code)
+    return Path(out_dir)
+
+
+def _export(model_dir: Path, out: Path, target: torch.dtype | None, image_processor: str, max_shard_size: str,
+            trust_remote_code: bool) -> None:
     from transformers import GenerationConfig, LlavaProcessor
 
     from lmm.models.checkpoint import load_model_dir
 
-    model_dir, out = Path(model_dir), Path(out_dir)
-    model, tok, spec = load_model_dir(model_dir)
-    target = stored_dtype(model_dir) if dtype == "auto" else _DTYPES.get(dtype)
-    if target is None:
-        raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
+    model, tok, spec = load_model_dir(model_dir, trust_remote_code=trust_remote_code)
+    target = target or stored_dtype(model_dir)
     state = to_llava_hf_state_dict(model)  # raises for HD, non-CLIP-family towers, other connectors
     image_id = add_image_token(tok)
     vocab = model.llm.config.vocab_size
@@ -156,7 +167,6 @@ def export_llava_hf(model_dir: str | Path, out_dir: str | Path, dtype: str = "au
     cfg.text_config.vocab_size = new_vocab
     cfg.text_config.pad_token_id = tok.pad_token_id
     cfg.dtype = target
-    out.mkdir(parents=True, exist_ok=True)
     _write_weights({k: v.detach().to(target).cpu() for k, v in state.items()}, out, max_shard_size)
     cfg.save_pretrained(str(out))
     GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -173,7 +183,6 @@ def export_llava_hf(model_dir: str | Path, out_dir: str | Path, dtype: str = "au
     processor.save_pretrained(str(out))
     processor.image_processor.save_pretrained(str(out))  # preprocessor_config.json too, for transformers 4.x readers
     keep_legacy_flag(tok, out)
-    return out
 
 
 def read_llava_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -225,37 +234,41 @@ def llava_hf_spec(cfg, image_mean, image_std, max_length: int) -> dict[str, Any]
 
 
 def import_llava_hf(hf_dir: str | Path, out_dir: str | Path, max_length: int = 2048,
-                    image_aspect_ratio: str = "pad", template: str = "vicuna_v1") -> Path:
+                    image_aspect_ratio: str = "pad", template: str = "vicuna_v1", overwrite: bool = False) -> Path:
     """A llava-hf folder → our model folder (see the module docstring). ``image_aspect_ratio`` is what our
-    evaluation uses for it: LLaVA-1.5 checkpoints were trained with ``pad``, whatever their processor does."""
+    evaluation uses for it: LLaVA-1.5 checkpoints were trained with ``pad``, whatever their processor does.
+    ``out_dir`` is written whole or not at all, never over ``hf_dir``, over a non-empty folder only with
+    ``overwrite``. Nothing of ``hf_dir`` runs: its configs, processor and tokenizer load with
+    ``trust_remote_code=False`` (llava-hf needs no custom code)."""
     from safetensors.torch import save_file
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaConfig
 
     from lmm.models.build import build_llava
+    from lmm.models.checkpoint import SPEC_FILE, output_folder
 
-    hf_dir, out = Path(hf_dir), Path(out_dir)
+    hf_dir = Path(hf_dir)
     get_template(template)  # validates the name
-    cfg = LlavaConfig.from_pretrained(str(hf_dir))
-    proc = AutoImageProcessor.from_pretrained(str(hf_dir))
-    m = llava_hf_spec(cfg, proc.image_mean, proc.image_std, max_length)
-    raw = read_llava_hf_weights(hf_dir)
-    state = from_llava_hf_state_dict(raw, bool(cfg.tie_word_embeddings))
-    with torch.device("meta"):  # check names and shapes against the model we will build, without allocating it
-        ref = build_llava(m["vision"], m["connector"], m["llm"], max_length).state_dict()
-    bad = {k for k in set(ref) | set(state) if k not in ref or k not in state or ref[k].shape != state[k].shape}
-    if bad:
-        raise ValueError(f"{hf_dir} does not match the model its config describes: {sorted(bad)[:8]}")
-    dtypes = {str(v.dtype).removeprefix("torch.") for v in raw.values() if v.is_floating_point()}
-    out.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(hf_dir))
-    save_tokenizer(tok, out / "tokenizer")
-    seen, tensors = set(), {}
-    for k, v in state.items():  # tied weights share storage; safetensors refuses that
-        tensors[k] = v.clone() if v.data_ptr() in seen else v.contiguous()
-        seen.add(v.data_ptr())
-    save_file(tensors, str(out / "model.safetensors"))
-    spec = {"model": m, "template": template, "image_aspect_ratio": image_aspect_ratio, "max_length": max_length,
-            "imported_from": str(hf_dir.resolve()),
-            "llava_hf": {"image_token_id": cfg.image_token_id, "dtypes": sorted(dtypes)}}
-    (out / "lmm_model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return out
+    with output_folder(out_dir, (hf_dir,), overwrite) as out:
+        cfg = LlavaConfig.from_pretrained(str(hf_dir), trust_remote_code=False)
+        proc = AutoImageProcessor.from_pretrained(str(hf_dir), trust_remote_code=False)
+        m = llava_hf_spec(cfg, proc.image_mean, proc.image_std, max_length)
+        raw = read_llava_hf_weights(hf_dir)
+        state = from_llava_hf_state_dict(raw, bool(cfg.tie_word_embeddings))
+        with torch.device("meta"):  # check names and shapes against the model we will build, without allocating it
+            ref = build_llava(m["vision"], m["connector"], m["llm"], max_length).state_dict()
+        bad = {k for k in set(ref) | set(state) if k not in ref or k not in state or ref[k].shape != state[k].shape}
+        if bad:
+            raise ValueError(f"{hf_dir} does not match the model its config describes: {sorted(bad)[:8]}")
+        dtypes = {str(v.dtype).removeprefix("torch.") for v in raw.values() if v.is_floating_point()}
+        tok = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
+        save_tokenizer(tok, out / "tokenizer")
+        seen, tensors = set(), {}
+        for k, v in state.items():  # tied weights share storage; safetensors refuses that
+            tensors[k] = v.clone() if v.data_ptr() in seen else v.contiguous()
+            seen.add(v.data_ptr())
+        save_file(tensors, str(out / "model.safetensors"))
+        spec = {"model": m, "template": template, "image_aspect_ratio": image_aspect_ratio, "max_length": max_length,
+                "imported_from": str(hf_dir.resolve()),
+                "llava_hf": {"image_token_id": cfg.image_token_id, "dtypes": sorted(dtypes)}}
+        (out / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+    return Path(out_dir)

@@ -7,16 +7,28 @@ the saved weights. A model with LoRA adapters is saved as a LoRA folder (:mod:`l
 :func:`load_model_dir` reads both kinds (a LoRA folder merged into full weights by default).
 
 ``python -m lmm.models.checkpoint merge SRC DST`` writes a LoRA folder as an ordinary folder (adapters merged).
+
+A model folder is data, never code: a ``trust_remote_code`` anywhere in its ``model`` block is not obeyed (loading
+such a folder is refused with :class:`RemoteCodeRefused`), and every ``from_pretrained`` it reaches (LLM, vision
+tower, tokenizer) gets the caller's ``trust_remote_code`` — False unless the user passed it on the command line
+(:data:`REMOTE_CODE_SWITCHES`). Folders written from another (merge, ``lmm.interop``) go through
+:func:`output_folder`: never over their input, never over a non-empty folder unless asked, never half-written.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from lmm.common import inside
 from lmm.models import lora
 from lmm.models.build import build_llava
 from lmm.models.llava import LlavaModel
@@ -33,6 +45,75 @@ from lmm.models.lora import (
 from lmm.text.tokenizer import load_tokenizer, save_tokenizer
 
 SPEC_FILE = "lmm_model.yaml"
+REMOTE_CODE = "trust_remote_code"
+REMOTE_CODE_SWITCHES = ("eval.trust_remote_code=true (eval.py, and train.py's evaluation), --trust-remote-code "
+                        "(python -m lmm.interop export, python -m lmm.models.checkpoint merge)")
+
+
+class RemoteCodeRefused(ValueError):
+    """Loading a model folder would run Python code the user did not allow on the command line."""
+
+
+def remote_code_requests(node: Any, where: str = "model") -> list[str]:
+    """The dotted keys of ``node`` (a spec's ``model`` block) that set ``trust_remote_code`` to a true value."""
+    if isinstance(node, dict):
+        return [f"{where}.{k}" for k, v in node.items() if k == REMOTE_CODE and v] + [
+            hit for k, v in node.items() if k != REMOTE_CODE for hit in remote_code_requests(v, f"{where}.{k}")]
+    if isinstance(node, list):
+        return [hit for i, v in enumerate(node) for hit in remote_code_requests(v, f"{where}.{i}")]
+    return []
+
+
+def _without_remote_code(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_remote_code(v) for k, v in node.items() if k != REMOTE_CODE}
+    if isinstance(node, list):
+        return [_without_remote_code(v) for v in node]
+    return node
+
+
+class OutputFolderError(ValueError):
+    """An output folder that would overwrite its input or a folder that is not empty."""
+
+
+def _same_or_inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+@contextmanager
+def output_folder(dst: str | Path, inputs: tuple[str | Path, ...] = (), overwrite: bool = False) -> Iterator[Path]:
+    """A fresh temporary sibling of ``dst`` to write a whole folder into; when the block succeeds it replaces
+    ``dst`` by a rename (a failure leaves nothing under ``dst``'s name). Refused (:class:`OutputFolderError`,
+    before anything is written): ``dst`` is one of ``inputs`` or holds one of them, ``dst`` exists and is not a
+    folder, or ``dst`` is a non-empty folder and ``overwrite`` is False."""
+    dst = Path(dst)
+    for src in inputs:
+        if _same_or_inside(Path(src), dst):
+            raise OutputFolderError(f"the output folder {dst} is (or holds) the input {src}: writing it would "
+                                    "destroy what is being read; choose another output folder")
+    if dst.exists() and not dst.is_dir():
+        raise OutputFolderError(f"the output {dst} exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise OutputFolderError(f"the output folder {dst} exists and is not empty; pass --overwrite to replace it")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (dst.with_name(f".{dst.name}.{what}{os.getpid()}") for what in ("tmp", "old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dst.exists():  # --overwrite (or an empty folder): the old one goes once the new one is complete
+        dst.rename(old)
+        tmp.rename(dst)
+        if old.is_symlink():  # dst was a link to a folder: the link is replaced, its target left alone
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(dst)
 
 
 def save_tensors(state: dict[str, torch.Tensor], path: str | Path) -> Path:
@@ -73,21 +154,39 @@ def save_model_dir(model: LlavaModel, tokenizer, spec: dict[str, Any], folder: s
     return folder
 
 
-def load_model_dir(folder: str | Path, device: str = "cpu", merge_lora: bool = True
-                   ) -> tuple[LlavaModel, Any, dict]:
+def load_model_dir(folder: str | Path, device: str = "cpu", merge_lora: bool = True,
+                   trust_remote_code: bool = False) -> tuple[LlavaModel, Any, dict]:
     """Rebuild a model folder's model (in eval mode on ``device``), its tokenizer (left padding) and its spec. A
     LoRA folder: base (checkpoints or ``base.safetensors``) + non-LoRA trainables + adapter, merged into full
-    weights unless ``merge_lora`` is False (then the adapters stay trainable)."""
+    weights unless ``merge_lora`` is False (then the adapters stay trainable).
+
+    ``trust_remote_code`` is the caller's (the user's command line), never the folder's: a spec asking for it is
+    refused with :class:`RemoteCodeRefused` unless the caller passes True, and every ``from_pretrained`` gets the
+    caller's value; a checkpoint that names its own code (``auto_map``) then fails with the switches to pass."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     if not (folder / SPEC_FILE).exists():
         raise FileNotFoundError(f"{folder} is not an lmm model folder (no {SPEC_FILE})")
     spec = yaml.safe_load((folder / SPEC_FILE).read_text())
-    tok = load_tokenizer(str(folder / "tokenizer"), spec.get("max_length", 2048), padding_side="left")
-    m = spec["model"]
-    model = build_llava(m["vision"], m["connector"], m["llm"], m.get("max_length", 2048), tok,
-                        twin=bool(m.get("twin")), hd=m.get("hd"))
+    asked = remote_code_requests(spec.get("model") or {})
+    if asked and not trust_remote_code:
+        raise RemoteCodeRefused(
+            f"{folder / SPEC_FILE} sets {', '.join(asked)}: loading it would run Python code shipped with a "
+            f"checkpoint. A model folder cannot allow that; remote code runs only when you pass it on the command "
+            f"line: {REMOTE_CODE_SWITCHES}")
+    m = _without_remote_code(spec["model"])
+    trust = {REMOTE_CODE: bool(trust_remote_code)}
+    try:
+        tok = load_tokenizer(str(folder / "tokenizer"), spec.get("max_length", 2048), padding_side="left",
+                             trust_remote_code=bool(trust_remote_code))
+        model = build_llava({**m["vision"], **trust}, m["connector"], {**m["llm"], **trust}, m.get("max_length", 2048),
+                            tok, twin=bool(m.get("twin")), hd=m.get("hd"))
+    except ValueError as e:  # transformers refusing a checkpoint's auto_map: say which switch allows it
+        if trust_remote_code or REMOTE_CODE not in str(e):
+            raise
+        raise RemoteCodeRefused(f"{folder}: a checkpoint it loads holds its own Python code, which runs only when "
+                                f"you pass {REMOTE_CODE_SWITCHES}. transformers said: {e}") from e
     info = spec.get("lora")
     if info is None and (folder / ADAPTER_DIR).is_dir():
         raise ValueError(f"{folder} has {ADAPTER_DIR}/ but its {SPEC_FILE} has no lora block")
@@ -105,15 +204,15 @@ def _load_lora_parts(model: LlavaModel, folder: Path, info: dict, spec: dict, tr
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    adapter = folder / info.get("adapter", ADAPTER_DIR)
+    adapter = inside(folder, info.get("adapter", ADAPTER_DIR))  # names read from the spec stay in the folder
     if not (adapter / "adapter_config.json").exists():
         raise FileNotFoundError(f"{folder} is not a LoRA model folder (no {adapter.name}/adapter_config.json)")
-    state = load_file(str(folder / info.get("non_lora_trainables", NON_LORA_FILE)))
+    state = load_file(str(inside(folder, info.get("non_lora_trainables", NON_LORA_FILE))))
     expected = set(non_lora_trainables(model))
     if set(state) != expected:
         raise ValueError(f"{NON_LORA_FILE} holds {sorted(set(state) ^ expected)[:5]}… that do not match the model")
     if info.get("base"):
-        state.update(load_file(str(folder / info["base"])))
+        state.update(load_file(str(inside(folder, info["base"]))))
         model.load_state_dict(state, strict=True)
     else:
         if not base_is_rebuildable(spec):
@@ -123,25 +222,37 @@ def _load_lora_parts(model: LlavaModel, folder: Path, info: dict, spec: dict, tr
         model.llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=trainable)
 
 
-def merge_lora_dir(src: str | Path, dst: str | Path) -> Path:
-    """LoRA model folder → ordinary model folder with the adapters merged into full weights."""
-    model, tok, spec = load_model_dir(src, merge_lora=True)
-    spec = {k: v for k, v in spec.items() if k != "lora"}
-    spec["merged_from"] = str(Path(src).resolve())
-    return save_model_dir(model, tok, spec, dst)
+def merge_lora_dir(src: str | Path, dst: str | Path, overwrite: bool = False,
+                   trust_remote_code: bool = False) -> Path:
+    """LoRA model folder → ordinary model folder with the adapters merged into full weights (written through
+    :func:`output_folder`: never over ``src``, over a non-empty ``dst`` only with ``overwrite``)."""
+    with output_folder(dst, (src,), overwrite) as tmp:
+        model, tok, spec = load_model_dir(src, merge_lora=True, trust_remote_code=trust_remote_code)
+        spec = {k: v for k, v in spec.items() if k != "lora"}
+        spec["merged_from"] = str(Path(src).resolve())
+        save_model_dir(model, tok, spec, tmp)
+    return Path(dst)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m lmm.models.checkpoint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     merge = sub.add_parser("merge", help="merge a LoRA model folder into full weights")
     merge.add_argument("src", help="LoRA model folder (adapter/ + non_lora_trainables.safetensors)")
-    merge.add_argument("dst", help="output model folder")
+    merge.add_argument("dst", help="output model folder (refused if it is SRC, or not empty without --overwrite)")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (once the merge is done)")
+    merge.add_argument("--trust-remote-code", action="store_true",
+                       help="allow checkpoints the folder loads to run their own Python code (never from the folder)")
     args = parser.parse_args(argv)
-    print(merge_lora_dir(args.src, args.dst))
+    try:
+        print(merge_lora_dir(args.src, args.dst, args.overwrite, args.trust_remote_code))
+    except (OutputFolderError, RemoteCodeRefused, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -117,19 +117,22 @@ def _hf_vision_class(model_type: str):
 def build_vision_tower(kind: str = "hf", name_or_path: str | None = None, config: dict[str, Any] | None = None,
                        select_layer: int = -2, select_feature: str = "patch", model_type: str = "clip",
                        timm_name: str | None = None, checkpoint_path: str | None = None,
-                       image_mean=None, image_std=None, **_: Any) -> VisionTower:
+                       image_mean=None, image_std=None, trust_remote_code: bool = False, **_: Any) -> VisionTower:
     """Build a frozen tower. ``kind``: ``hf`` (transformers) or ``timm``. With ``name_or_path`` / ``checkpoint_path``
-    the real weights are loaded; otherwise ``config`` describes a random twin."""
+    the real weights are loaded; otherwise ``config`` describes a random twin. ``trust_remote_code`` goes to every
+    transformers ``from_pretrained`` as an explicit bool (never transformers' interactive prompt); timm runs no
+    checkpoint code (its weights load with ``weights_only``)."""
     if kind == "hf":
         import transformers
 
         if name_or_path:
-            cfg = transformers.AutoConfig.from_pretrained(name_or_path)
+            trust = {"trust_remote_code": bool(trust_remote_code)}
+            cfg = transformers.AutoConfig.from_pretrained(name_or_path, **trust)
             cls = _hf_vision_class(cfg.model_type)
-            model = cls.from_pretrained(name_or_path)
+            model = cls.from_pretrained(name_or_path, **trust)
             model_type = HF_VISION_TYPES.get(cfg.model_type, cfg.model_type)
             try:
-                proc = transformers.AutoImageProcessor.from_pretrained(name_or_path)
+                proc = transformers.AutoImageProcessor.from_pretrained(name_or_path, **trust)
                 image_mean, image_std = image_mean or proc.image_mean, image_std or proc.image_std
             except (OSError, ValueError):
                 pass

@@ -7,9 +7,9 @@ LLaVA's ``scripts/v1_5/eval/*.sh`` use (listed per module and in ``docs/evaluati
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import hashlib
-import io
 import json
 import sys
 from abc import ABC, abstractmethod
@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 
 import torchmetrics
 
-from lmm.evaluation.answers import PredictionFile, PredictionsError, as_prediction_file
+from lmm.common import UnsafePathError, inside
+from lmm.data.images import ImageLoadError, load_image
+from lmm.evaluation.answers import PredictionFile, PredictionsError, as_prediction_file, not_utf8
 from lmm.text.prompts import OPTION_LETTER, SHORT_ANSWER
 
 __all__ = [
@@ -28,11 +30,14 @@ __all__ = [
     "BenchmarkDataError",
     "JudgeNotConfiguredError",
     "Question",
+    "QuestionImageError",
     "ScoreContext",
     "find_file",
+    "image_path",
     "loader_questions",
     "read_json",
     "read_jsonl",
+    "read_text",
     "stable_id",
 ]
 
@@ -42,6 +47,10 @@ MULTIPLE_CHOICE_SUFFIX = "\n" + OPTION_LETTER
 
 class BenchmarkDataError(FileNotFoundError):
     """A benchmark file is missing or does not have the official format."""
+
+
+class QuestionImageError(BenchmarkDataError):
+    """A question's image is missing or cannot be decoded (the message names the question and the file)."""
 
 
 class JudgeNotConfiguredError(RuntimeError):
@@ -75,60 +84,91 @@ class Question:
     def has_image(self) -> bool:
         return self.image is not None or self.image_b64 is not None
 
-    def load_image(self, convert_rgb: bool = True):
-        """The question's image as a PIL image (RGB unless ``convert_rgb=False``), or ``None``."""
-        from PIL import Image
+    def load_image(self):
+        """The question's image as an 8-bit RGB PIL image, or ``None``; decoded by :mod:`lmm.data` (the same
+        decoded-pixel limit as training). A missing or corrupt image is a :class:`QuestionImageError` naming the
+        question and the file."""
+        try:
+            if self.image_b64 is not None:
+                from lmm.data.shards import decode_image
 
-        if self.image_b64 is not None:
-            image = Image.open(io.BytesIO(base64.b64decode(self.image_b64)))
-        elif self.image is not None:
-            image = Image.open(self.image)
-        else:
-            return None
-        if convert_rgb:
-            return image.convert("RGB")
-        image.load()
-        return image
+                try:
+                    data = base64.b64decode(self.image_b64)  # as LLaVA's MMBench runner (not validating)
+                except (binascii.Error, ValueError) as err:
+                    raise ImageLoadError("corrupt_image", f"invalid base64 ({err})") from None
+                return decode_image(data, "base64 image")
+            if self.image is not None:
+                return load_image(self.image)
+        except ImageLoadError as err:
+            raise QuestionImageError(f"question {self.question_id!r}: {err}") from None
+        return None
 
 
-def loader_questions(rows: Iterable[Mapping[str, Any]], image_dir: Path) -> list[Question]:
+def image_path(image_dir: Path, name: Any, question_id: Any, source: str | Path) -> Path:
+    """``image_dir / name`` for an image ``name`` read from the question file ``source``: confined to the image
+    folder (:func:`lmm.common.inside`; the folder itself may be a link), else a :class:`BenchmarkDataError` naming
+    the file, the question and the reason — raised while the questions are read, before anything is generated."""
+    if not isinstance(name, str):
+        raise BenchmarkDataError(f"{source}: question {question_id!r}: 'image' must be a file name, got {name!r}")
+    try:
+        return inside(image_dir, name)
+    except UnsafePathError as err:
+        raise BenchmarkDataError(
+            f"{source}: question {question_id!r}: image {name!r} is not inside the image folder {image_dir} "
+            f"({err.why}); image names in question files are relative to that folder"
+        ) from None
+
+
+def loader_questions(rows: Iterable[Mapping[str, Any]], image_dir: Path,
+                     source: str | Path = "the question file") -> list[Question]:
     """Questions of a LLaVA question JSONL (``{question_id, image, text[, category]}``): the ``text`` already
-    carries the suffix and is sent as is (``model_vqa_loader.py`` / ``model_vqa.py``)."""
+    carries the suffix and is sent as is (``model_vqa_loader.py`` / ``model_vqa.py``). Image names must stay
+    inside ``image_dir`` (:func:`image_path`); ``source`` names the question file in errors."""
     return [
         Question(
             question_id=row["question_id"],
             prompt=row["text"],
-            image=image_dir / row["image"],
+            image=image_path(image_dir, row.get("image"), row["question_id"], source),
             category=row.get("category"),
         )
         for row in rows
     ]
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """A benchmark data file in JSONL form; any bad line is a :class:`BenchmarkDataError`."""
+def read_text(path: Path) -> str:
+    """A benchmark file's UTF-8 text; a missing file or a byte that is not UTF-8 is a :class:`BenchmarkDataError`
+    naming the file and the line."""
     if not path.is_file():
         raise BenchmarkDataError(f"file not found: {path}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise BenchmarkDataError(f"{path}:{line}: {not_utf8(data, err)}") from None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A benchmark data file in JSONL form; any bad line (not JSON, not UTF-8) is a :class:`BenchmarkDataError`
+    naming the file and the line."""
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BenchmarkDataError(f"{path}:{number}: invalid JSON ({err.msg})") from err
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise BenchmarkDataError(f"{path}:{number}: invalid JSON ({err.msg})") from err
     return rows
 
 
 def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise BenchmarkDataError(f"file not found: {path}")
+    """A benchmark data file in JSON form; invalid JSON or a non-UTF-8 byte is a :class:`BenchmarkDataError`
+    naming the file and the line."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
-        raise BenchmarkDataError(f"{path}: invalid JSON ({err.msg})") from err
+        raise BenchmarkDataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
 
 
 def find_file(data_root: Path, candidates: Sequence[str], what: str) -> Path:
@@ -198,11 +238,16 @@ class Benchmark(ABC):
 
     def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
         """The question file's rows, as LLaVA's model_vqa_loader reads them."""
-        return read_jsonl(Path(data_root) / self.QUESTION_FILE)
+        return read_jsonl(self.question_file(data_root))
+
+    def question_file(self, data_root: str | Path) -> Path:
+        """The file the questions are read from (named in errors)."""
+        return Path(data_root) / self.QUESTION_FILE
 
     def questions(self, data_root: str | Path) -> list[Question]:
-        """All questions in the official order."""
-        return loader_questions(self.question_rows(data_root), self.image_dir(data_root))
+        """All questions in the official order (image names confined to :meth:`image_dir`)."""
+        return loader_questions(self.question_rows(data_root), self.image_dir(data_root),
+                                self.question_file(data_root))
 
     def metric(self, data_root: str | Path | None = None) -> torchmetrics.Metric:
         """A fresh metric (``METRIC()``); ``data_root`` supplies dataset metadata (category names, …) where needed."""

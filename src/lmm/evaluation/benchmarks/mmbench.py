@@ -17,6 +17,7 @@ for LLaVA-1.5, whose answers are bare letters.
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from lmm.evaluation.benchmarks.base import (
     Question,
     ScoreContext,
     find_file,
+    read_text,
 )
 
 __all__ = [
@@ -128,10 +130,9 @@ def read_mmbench_tsv(path: Path) -> list[dict[str, str | None]]:
     if not path.is_file():
         raise BenchmarkDataError(f"file not found: {path}")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader)
-        rows = [{k: (None if v in PANDAS_NA else v) for k, v in zip(header, line)} for line in reader if line]
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t")
+    header = next(reader, [])
+    rows = [{k: (None if v in PANDAS_NA else v) for k, v in zip(header, line)} for line in reader if line]
     for column in ("index", "question", "answer", "A", "B", "image"):
         if column not in header:
             raise BenchmarkDataError(f"{path}: missing column {column!r}")

@@ -27,6 +27,7 @@ from lmm.evaluation.benchmarks.base import (
     BenchmarkDataError,
     ScoreContext,
     read_jsonl,
+    read_text,
     stable_id,
 )
 from lmm.text.prompts import SHORT_ANSWER
@@ -156,11 +157,13 @@ class MME(Benchmark):
         for task_dir in sorted(p for p in release_dir.iterdir() if p.is_dir()):
             qa_dir = task_dir / "questions_answers_YN" if (task_dir / "images").exists() else task_dir
             for path in sorted(qa_dir.glob("*.txt")):
-                for line in path.read_text(encoding="utf-8").splitlines():
+                for number, line in enumerate(read_text(path).splitlines(), start=1):
                     if not line.strip():
                         continue
-                    question, answer = line.strip().split("\t")
-                    gt[(task_dir.name, path.name, question)] = answer
+                    fields = line.strip().split("\t")
+                    if len(fields) != 2:
+                        raise BenchmarkDataError(f"{path}:{number}: expected 'question<TAB>answer', got {line!r}")
+                    gt[(task_dir.name, path.name, fields[0])] = fields[1]
         return gt
 
     def _key(self, gt, question_id: str, prompt: str) -> tuple[str, str, str]:

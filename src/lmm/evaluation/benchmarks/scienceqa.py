@@ -25,6 +25,7 @@ from lmm.evaluation.benchmarks.base import (
     Benchmark,
     Question,
     ScoreContext,
+    image_path,
     read_json,
 )
 
@@ -100,16 +101,16 @@ class ScienceQA(Benchmark):
     QUESTION_FILE: ClassVar[str] = "scienceqa/llava_test_CQM-A.json"
 
     def questions(self, data_root: str | Path) -> list[Question]:
-        images = self.image_dir(data_root)
+        images, source = self.image_dir(data_root), self.question_file(data_root)
         result = []
-        for line in read_json(Path(data_root) / self.QUESTION_FILE):
+        for line in read_json(source):
             text = line["conversations"][0]["value"].replace("<image>", "").strip() + MULTIPLE_CHOICE_SUFFIX
             has_image = "image" in line
             result.append(
                 Question(
                     question_id=line["id"],
                     prompt=text,
-                    image=images / line["image"] if has_image else None,
+                    image=image_path(images, line["image"], line["id"], source) if has_image else None,
                     answer_prompt=("<image>\n" + text) if has_image else text,
                 )
             )

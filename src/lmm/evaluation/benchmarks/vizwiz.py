@@ -60,14 +60,18 @@ class VizWiz(SplitFiles, Benchmark):
     IMAGE_FOLDERS: ClassVar[dict[str, str]] = {"test": "vizwiz/test", "val": "vizwiz/val"}
     VAL_ANNOTATIONS: ClassVar[str] = "vizwiz/val.json"
 
+    def question_file(self, data_root: str | Path) -> Path:
+        """The split's LLaVA question JSONL; for val without one, the annotation file."""
+        path = Path(data_root) / self.QUESTION_FILES[self.split]
+        return path if path.is_file() or self.split != "val" else Path(data_root) / self.VAL_ANNOTATIONS
+
     def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
-        data_root = Path(data_root)
-        path = data_root / self.QUESTION_FILES[self.split]
-        if path.is_file() or self.split != "val":
+        path = self.question_file(data_root)
+        if path.suffix == ".jsonl":
             return read_jsonl(path)
         return [
             {"question_id": i, "image": item["image"], "text": item["question"] + VIZWIZ_SUFFIX}
-            for i, item in enumerate(read_json(data_root / self.VAL_ANNOTATIONS))
+            for i, item in enumerate(read_json(path))
         ]
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:

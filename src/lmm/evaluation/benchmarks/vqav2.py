@@ -71,12 +71,16 @@ class VQAv2(SplitFiles, Benchmark):
     VAL_ANNOTATIONS: ClassVar[str] = "vqav2/v2_mscoco_val2014_annotations.json"
     TEST_QUESTIONS: ClassVar[str] = "vqav2/llava_vqav2_mscoco_test2015.jsonl"
 
+    def question_file(self, data_root: str | Path) -> Path:
+        """The split's LLaVA question JSONL; for val without one, the official question file."""
+        path = Path(data_root) / self.QUESTION_FILES[self.split]
+        return path if path.is_file() or self.split != "val" else Path(data_root) / self.OFFICIAL_VAL_QUESTIONS
+
     def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
-        data_root = Path(data_root)
-        path = data_root / self.QUESTION_FILES[self.split]
-        if path.is_file() or self.split != "val":
+        path = self.question_file(data_root)
+        if path.suffix == ".jsonl":
             return read_jsonl(path)
-        official = read_json(data_root / self.OFFICIAL_VAL_QUESTIONS)
+        official = read_json(path)
         return [
             {
                 "question_id": q["question_id"],
