@@ -2,6 +2,7 @@
 batch is kept by accumulation over the real world size, FSDP keeps fp32 masters (bf16 compute in stage 2) and
 agrees with DDP, and the sharded model is handed to the next stage and saved whole."""
 
+import shutil
 import subprocess
 import sys
 
@@ -52,6 +53,7 @@ def test_two_rank_ddp_and_fsdp_runs_keep_the_global_batch(runs):
         assert f"strategy {name}, precision 32-true, 2 process(es) × micro batch 4 × accumulation 2 = global " \
                f"batch 16" in log
         assert "planned 32 = trained 32" in log  # each rank: half of the 64 samples
+        assert "rank 0 of 2, store on 127.0.0.1" in log  # one node: the store listens on loopback only
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / name}/mlflow.db")
         exp = client.get_experiment_by_name("lmm")
         stages = {r.data.tags["stage"]: r for r in client.search_runs([exp.experiment_id])}
@@ -82,12 +84,20 @@ def test_sharded_model_is_saved_whole(runs):
 
 
 def test_fsdp_stage_resumes_from_a_checkpoint_exactly(runs, tmp_path):
-    """`resume=<file>`: stage 2 of the FSDP run continued from its step-2 checkpoint in another folder (a new MLflow
-    run there) ends with the uninterrupted run's weights — the data position is restored although the sharded
-    strategy restores only after the optimizers are set up."""
+    """`resume=<file>`: stage 2 of the FSDP run, interrupted after its step-2 checkpoint (a copy of the run folder
+    without stage 2's end), continued from that file in its own folder and MLflow run, ends with the uninterrupted
+    run's weights — the data position is restored although the sharded strategy restores only after the optimizers
+    are set up."""
     root, _, _ = runs
-    ckpt = root / "fsdp" / "finetune" / "checkpoints" / "step-000002.ckpt"
-    res = train(tmp_path, "fsdp", "run_stages=[finetune]", f"resume={ckpt}",
-                f"stages.finetune.init_connector={root / 'fsdp' / 'pretrain' / 'connector.safetensors'}")
-    assert "the resumed stage gets a new run" in res.stdout + res.stderr
-    assert max_diff(weights(root / "fsdp", "finetune"), weights(tmp_path, "finetune")) == 0
+    run = shutil.copytree(root / "fsdp", tmp_path / "fsdp")
+    for f in ("stage_done.json", "last.ckpt", "model"):
+        shutil.rmtree(run / "finetune" / f) if f == "model" else (run / "finetune" / f).unlink()
+    ckpt = run / "finetune" / "checkpoints" / "step-000002.ckpt"
+    res = train(run, "fsdp", f"resume={ckpt}")
+    assert "stage pretrain finished in an earlier run" in res.stdout + res.stderr
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run}/mlflow.db")
+    exp = client.get_experiment_by_name("lmm")
+    finetune = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["stage"] == "finetune"]
+    assert len(finetune) == 1 and finetune[0].data.tags["resumed_from"] == str(ckpt)  # continued, not restarted
+    assert max_diff(weights(root / "fsdp", "finetune"), weights(run, "finetune")) == 0
+

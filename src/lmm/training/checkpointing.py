@@ -7,8 +7,10 @@ Layout of a run folder (``hydra.run.dir``)::
     <stage>/stage_done.json                written last: the stage finished (``resume=auto`` does not redo it)
 
 A checkpoint is a Lightning ``.ckpt`` (trainable weights, optimizer, scheduler, loop counters, the DataModule's
-data position) plus ``lmm``: RNG states, the data accounting of the module, the MLflow run id. Files are written to
-a temporary name in the same folder, fsynced and renamed (never a half-written checkpoint under its final name).
+data position) plus ``lmm``: RNG states, the data accounting of the module, the MLflow run id, and the run folder
+and stage that wrote it (``resume=<file>`` continues only that run: :func:`check_checkpoint_origin`). Files are
+written to a temporary name in the same folder, fsynced and renamed (never a half-written checkpoint under its
+final name).
 Under DeepSpeed a checkpoint is a folder, complete once DeepSpeed has written its ``latest`` tag file.
 """
 
@@ -224,6 +226,41 @@ def find_resume_checkpoint(stage_dir: str | Path) -> tuple[Path, dict] | None:
     if found:
         raise ResumeError(f"no readable checkpoint in {folder} (tried {[p.name for p in found]})")
     return None
+
+
+def checkpoint_origin(path: str | Path, info: dict) -> tuple[Path | None, str | None]:
+    """The run folder and stage that wrote a checkpoint: its ``lmm`` entry's ``run_dir`` / ``stage``, else (an
+    older checkpoint) the layout ``<run>/<stage>/checkpoints/step-N.ckpt`` or ``<run>/<stage>/last.ckpt``."""
+    path = Path(path).absolute()
+    if CKPT_RE.search(path.name) and path.parent.name == "checkpoints":
+        run, stage = path.parents[2], path.parents[1].name
+    elif path.name == "last.ckpt":
+        run, stage = path.parents[1], path.parent.name
+    else:
+        run, stage = None, None
+    return (Path(info["run_dir"]) if info.get("run_dir") else run), info.get("stage") or stage
+
+
+def check_checkpoint_origin(path: str | Path, info: dict, run_dir: str | Path, stage: str) -> None:
+    """``resume=<path>`` continues a stage of this run only: the checkpoint must lie in ``run_dir`` (a moved or
+    copied run folder) or name it as the folder that wrote it, and belong to ``stage``. Otherwise a
+    :class:`ResumeError` says whose it is and how to continue that run or start from its weights — resuming it
+    here would continue another run's MLflow run and mix two runs' files."""
+    path, run_dir = Path(path).resolve(), Path(run_dir).resolve()
+    origin, origin_stage = checkpoint_origin(path, info)
+    ours = run_dir in path.parents or (origin is not None and Path(origin).resolve() == run_dir)
+    if ours and origin_stage in (None, stage):
+        return
+    if ours:
+        raise ResumeError(f"{path} is a checkpoint of stage {origin_stage}, not of {stage}, the first stage of this "
+                          f"run not yet finished: resume=auto picks the right one")
+    whose = f"run {origin}" if origin else "an unknown run (not in a <run>/<stage>/ folder, no lmm.run_dir)"
+    raise ResumeError(
+        f"{path} was written by {whose}, not by this run ({run_dir}): resume continues the run that wrote a "
+        f"checkpoint, in its own folder and MLflow run. Continue that run with python -m lmm.training.resume "
+        f"{origin or '<its run folder>'} (or hydra.run.dir={origin or '<its run folder>'} resume={path}); start a "
+        f"new run from its weights with stages.<stage>.init_connector=<its run>/{origin_stage or '<stage>'}/"
+        f"connector.safetensors (the connector) or run_stages=[...] in that run's folder.")
 
 
 def stage_done(stage_dir: str | Path) -> dict | None:

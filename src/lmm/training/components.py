@@ -39,9 +39,10 @@ def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, mic
                             micro_batch_tokens=cfg.stages[stage_name].get("micro_batch_tokens"))
 
 
-def data_counts(data) -> dict[str, float]:
-    """Counts in = out + rejected + skipped."""
-    return {k: float(v) for k, v in data.counts().items() if isinstance(v, (int, float))}
+def data_counts(data, all_ranks: bool = False) -> dict[str, float]:
+    """Counts in = out + rejected + skipped; the loading counts summed over the ranks with ``all_ranks`` (a
+    collective: every rank calls it)."""
+    return {k: float(v) for k, v in data.counts(all_ranks=all_ranks).items() if isinstance(v, (int, float))}
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:

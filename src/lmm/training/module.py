@@ -2,9 +2,9 @@
 
 Trainable weights are fp32 masters whatever the model was loaded in (:mod:`lmm.training.precision`); a non-finite
 loss or gradient stops the run naming the step and the samples (or skips the step and counts it, ``nonfinite=skip``);
-a checkpoint holds, besides Lightning's state, the RNG states, the data accounting and the MLflow run id. With
-``compile`` (``stages.<stage>.compile``) the LLM's decoder layers are ``torch.compile``d for the stage's fit, after
-FSDP2 sharding and LoRA wrapping, and run eagerly again after it."""
+a checkpoint holds, besides Lightning's state, the RNG states, the data accounting, the MLflow run id and the run
+folder and stage that wrote it. With ``compile`` (``stages.<stage>.compile``) the LLM's decoder layers are
+``torch.compile``d for the stage's fit, after FSDP2 sharding and LoRA wrapping, and run eagerly again after it."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ class LlavaLitModule(L.LightningModule):
         self.nonfinite, self.fsdp = nonfinite, fsdp
         self.nonfinite_skipped = 0
         self.mlflow_run_id: str | None = None
+        self.run_dir: str | None = None  # the run folder and stage, recorded in checkpoints (resume checks them)
+        self.stage_name: str | None = None
         self._step_ids: list[str] = []
         self._state_checked = False
         self.lr, self.connector_lr, self.weight_decay = lr, connector_lr, weight_decay
@@ -114,7 +116,8 @@ class LlavaLitModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["lmm_trainable"] = sorted(trainable)
         checkpoint["lmm"] = {
-            "mlflow_run_id": self.mlflow_run_id, "rng": get_rng_state(),
+            "mlflow_run_id": self.mlflow_run_id, "run_dir": self.run_dir, "stage": self.stage_name,
+            "rng": get_rng_state(),
             "counters": {"samples_seen": self.samples_seen, "fully_masked": self.fully_masked,
                          "fully_masked_ids": self.fully_masked_ids[:100], "truncated": self.truncated,
                          "skipped": dict(self.skipped), "nonfinite_skipped": self.nonfinite_skipped,

@@ -29,6 +29,7 @@ from lmm.training.checkpointing import (
     AtomicCheckpointIO,
     ResumeError,
     StepCheckpoints,
+    check_checkpoint_origin,
     consolidate_deepspeed,
     find_resume_checkpoint,
     load_trainable_state,
@@ -48,7 +49,8 @@ from lmm.training.components import (
 )
 from lmm.training.module import DEEPSPEED_COMPILE, LlavaLitModule
 from lmm.training.precision import resolve_precision, set_tf32
-from lmm.training.reuse import record, reuse, reuse_tags
+from lmm.training.reuse import KEY_FIELD, finished_key, record, reuse, reuse_tags
+from lmm.training.run_folder import config_changes, launch_rank, prepare_run_folder, save_overrides
 from lmm.training.stages import format_param_table, load_connector, save_connector
 from lmm.training.strategies import build_strategy, strategy_name
 
@@ -58,6 +60,10 @@ PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a scheduler expects of a job that st
 
 class ConfigError(ValueError):
     pass
+
+
+class EmptyStageError(RuntimeError):
+    """A stage that trained on no sample (every one unreadable or skipped): nothing of it is kept."""
 
 
 def world_size(trainer: L.Trainer) -> int:
@@ -132,7 +138,7 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
 
         return {"plan": run_plan(cfg), "stages": {}, "output_dir": str(out_dir),
                 "tracking_uri": cfg.logger.tracking_uri}
-    precision, resolved, cfg_yaml = start_run(cfg)
+    precision, resolved, cfg_yaml, changes = start_run(cfg)
     tokenizer = build_tokenizer(cfg)
     model = build_model(cfg, tokenizer)
     sha = track.git_sha()
@@ -140,6 +146,7 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
     history: list[tuple[DictConfig, Path]] = []  # finished stages and their weights, in order
     is_zero = True
     reused: dict[str, dict] = {}  # stages taken from an earlier run with the same inputs (lmm.training.reuse)
+    trained: list[str] = []  # stages trained by this invocation (resume=<file> applies to the first)
     for name in cfg.run_stages:
         stage, stage_dir = cfg.stages[name], out_dir / name
         done = stage_done(stage_dir) if cfg.get("resume") else None
@@ -151,12 +158,14 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
             history.append((stage, stage_dir / "last.ckpt"))
             results["stages"][name] = done
             continue
-        ckpt, ckpt_info = resume_point(cfg, stage_dir, first=not history)
+        ckpt, ckpt_info = resume_point(cfg, stage_dir, first=not trained)
         if stage.get("init_connector"):
             load_connector(model, stage.init_connector)
         result, trainer, sharded, logger = train_stage(cfg, name, stage, model, tokenizer, precision, sha, resolved,
-                                                       cfg_yaml, ckpt, ckpt_info, extra_callbacks, reuse_tags(reused))
+                                                       cfg_yaml, ckpt, ckpt_info, extra_callbacks, reuse_tags(reused),
+                                                       changes)
         history.append((stage, stage_dir / "last.ckpt"))
+        trained.append(name)
         if sharded:  # the trained model is sharded across ranks: rebuild it whole from the stages' weights
             model = build_model(cfg, tokenizer)
             for st, path in history:
@@ -171,19 +180,30 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
     return results
 
 
-def start_run(cfg: DictConfig) -> tuple[str, dict, Path]:
-    """Seed, TF32, the config checks, the precision; the resolved config written to the run folder."""
+def start_run(cfg: DictConfig) -> tuple[str, dict, Path, list[str]]:
+    """Seed, TF32, the config checks, the precision; the run folder checked (an earlier run in it is refused
+    unless ``resume`` or ``overwrite=true``: :mod:`lmm.training.run_folder`); the resolved config and the command
+    line's overrides written to it. On a resume, the keys whose values differ from the run's recorded config are
+    logged and returned (``key: old → new``)."""
     L.seed_everything(cfg.seed, workers=True)
     set_tf32(bool(cfg.get("tf32")))
     check_connector_sources(cfg)
     check_compile(cfg)
     precision = resolve_precision(cfg.trainer.precision, is_gpu(cfg))
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_folder(out_dir, cfg.get("resume"), cfg.get("overwrite"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     cfg_yaml = out_dir / ("config_resume.yaml" if cfg.get("resume") else "config.yaml")
-    cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    return precision, resolved, cfg_yaml
+    changes = config_changes(out_dir / "config.yaml", resolved) if cfg.get("resume") else []
+    if changes:
+        log.warning("resume=%s: the config differs from the run's recorded %s in %d key(s) — a resumed stage keeps "
+                    "its optimizer and schedule state from the checkpoint:\n  %s", cfg.resume, out_dir / "config.yaml",
+                    len(changes), "\n  ".join(changes))
+    if launch_rank() == 0:  # the other ranks of the launch see the same folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        save_overrides(out_dir)
+    return precision, resolved, cfg_yaml, changes
 
 
 def resume_point(cfg: DictConfig, stage_dir: Path, first: bool) -> tuple[Path | None, dict]:
@@ -199,12 +219,15 @@ def resume_point(cfg: DictConfig, stage_dir: Path, first: bool) -> tuple[Path | 
         return found if found else (None, {})
     if not first:
         return None, {}
-    return Path(resume), validate_checkpoint(resume)
+    info = validate_checkpoint(resume)
+    check_checkpoint_origin(resume, info, cfg.paths.output_dir, stage_dir.name)
+    return Path(resume), info
 
 
 def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer, precision: str, sha: str,
                 resolved: dict, cfg_yaml: Path, ckpt: Path | None, ckpt_info: dict,
-                extra_callbacks: StageCallbacks | None = None, extra_tags: dict[str, str] | None = None):
+                extra_callbacks: StageCallbacks | None = None, extra_tags: dict[str, str] | None = None,
+                changes: list[str] | None = None):
     stage_dir = Path(cfg.paths.output_dir) / name
     model.hd_active = model.hd is not None and bool(stage.get("hd", True))
     transform = image_transform_for(model, stage.image_aspect_ratio)
@@ -234,7 +257,7 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     image_tokens = model.hd.max_num_tokens if model.hd_active else model.num_image_tokens
     data = build_data(cfg, name, processor, stage.micro_batch_size, accum, tokenizer.pad_token_id, image_tokens,
                       packed=module.packing)
-    module.mlflow_run_id = logger.run_id
+    module.mlflow_run_id, module.run_dir, module.stage_name = logger.run_id, str(stage_dir.parent.resolve()), name
     if trainer.is_global_zero and logger.run_id:
         stage_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(logger.run_id, run_file)
@@ -252,6 +275,9 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     else:
         track.log_config(logger, resolved, cfg_yaml)
         track.log_text(logger, table, f"{name}_trainable_parameters.txt")
+    if changes:  # MLflow refuses a changed param: the resume's changes are a tag and a text artifact
+        track.set_tags(logger, {"resume.config_changes": "; ".join(changes)[:4000]})
+        track.log_text(logger, "\n".join(changes) + "\n", "resume_config_changes.txt")
     track.log_metrics(logger, batch_info, step=0)
     fit_kwargs = {"ckpt_path": str(ckpt), "weights_only": True} if ckpt else {}
     trainer.fit(module, datamodule=data, **fit_kwargs)
@@ -260,13 +286,14 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
         log.warning("stage %s pre-empted; checkpoint %s. Continue with: python train.py ... "
                     "hydra.run.dir=%s resume=auto", name, preempt.preempted, cfg.paths.output_dir)
         sys.exit(PREEMPTED_EXIT)
+    counts = {**data_counts(data, all_ranks=world > 1), **module.data_counts()}
+    track.log_metrics(logger, counts, step=trainer.global_step)
+    check_trained(name, counts, data, logger)
     ckpt_last = stage_dir / "last.ckpt"
     trainer.save_checkpoint(str(ckpt_last))
     if trainer.is_global_zero:
         consolidate_deepspeed(ckpt_last)  # a DeepSpeed folder → one fp32 file of the trainable weights
     trainer.strategy.barrier("consolidated")
-    counts = {**data_counts(data), **module.data_counts()}
-    track.log_metrics(logger, counts, step=trainer.global_step)
     sharded = strategy_name(stage.get("strategy")) in ("fsdp", "deepspeed")
     result = {"checkpoint": str(ckpt_last), "model_dir": None, "mlflow_run_id": logger.run_id,
               "first_loss": module.first_loss, "last_loss": module.last_loss, "steps": trainer.global_step,
@@ -274,9 +301,38 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     return result, trainer, sharded, logger
 
 
+def check_trained(name: str, counts: dict[str, float], data, logger) -> None:
+    """After a stage's fit, before anything of it is saved: a stage that trained on no sample (all ranks) fails
+    with its counts, its MLflow run marked FAILED — no last.ckpt, stage_done.json, model or stage-reuse record."""
+    if counts.get("data/trained", 0) > 0:
+        return
+    logger.finalize("failed")  # Lightning's teardown marked it FINISHED
+    reasons = {k[len("data/skipped_"):]: int(v) for k, v in counts.items() if k.startswith("data/skipped_") and v}
+    raise EmptyStageError(
+        f"stage {name} trained on 0 samples: planned {int(counts.get('data/planned', 0))} = trained 0 + skipped "
+        f"{int(counts.get('data/skipped', 0))} {reasons} (all ranks), data {data.shard_dir}. Nothing of the stage was "
+        f"saved (no last.ckpt, stage_done.json, model or stage-reuse record) and its MLflow run "
+        f"{logger.run_id} is marked FAILED. The log names each skipped sample and why; fix the data and run again.")
+
+
 def finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer, sha: str, result: dict,
                  stage_dir: Path, logger) -> None:
-    """Rank 0, after a stage: the connector file, the model folder (last stage only), then the done marker."""
+    """Rank 0, after a stage: the connector file, the model folder (last stage only), then the done marker and
+    the stage-reuse record — the only place a stage is recorded. A failure before the done marker leaves the
+    MLflow run FAILED and nothing recorded."""
+    try:
+        _finish_stage(cfg, name, stage, model, tokenizer, sha, result, stage_dir, logger)
+    except BaseException:
+        if not (stage_dir / DONE_FILE).exists():
+            logger.finalize("failed")
+        raise
+    record(cfg, name, stage_dir, logger.run_id)
+    log.info("stage %s done: loss %.4f → %.4f over %d steps; checkpoint %s", name, result["first_loss"] or 0,
+             result["last_loss"] or 0, result["steps"], result["checkpoint"])
+
+
+def _finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer, sha: str, result: dict,
+                  stage_dir: Path, logger) -> None:
     connector_file = save_connector(model, stage_dir / "connector.safetensors")
     spec = {"model": portable_model_spec(cfg), "template": stage.template,
             "image_aspect_ratio": stage.image_aspect_ratio, "max_length": cfg.model.max_length,
@@ -289,10 +345,8 @@ def finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer
         result["model_dir"] = str(save_model_dir(model, tokenizer, spec, stage_dir / "model"))
     track.log_artifact(logger, connector_file)
     logger.finalize("success")
+    result[KEY_FIELD] = finished_key(cfg, name)  # stage reuse takes a finished stage with this key only
     write_json_atomic(result, stage_dir / DONE_FILE)
-    record(cfg, name, stage_dir, logger.run_id)
-    log.info("stage %s done: loss %.4f → %.4f over %d steps; checkpoint %s", name, result["first_loss"] or 0,
-             result["last_loss"] or 0, result["steps"], result["checkpoint"])
 
 
 def portable_model_spec(cfg: DictConfig) -> dict:

@@ -12,6 +12,9 @@ state in fp32 (:mod:`lmm.training.precision`):
   root.
 * ``deepspeed``: the official JSON, verbatim, with HF Trainer's ``auto`` values resolved by
   :func:`resolve_deepspeed_config`; DeepSpeed holds fp32 masters of the bf16 model (``bf16.enabled``).
+
+On one node, ``ddp`` and ``fsdp`` host their process group's store on 127.0.0.1 only (torch's listens on every
+interface): :mod:`lmm.training.rendezvous`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from lmm.common import plain
+from lmm.training.rendezvous import init_process_group_on_loopback
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +107,25 @@ def build_strategy(spec: Any, model: nn.Module, micro_batch_size: int, accelerat
     if name == "auto":
         return "auto"
     if name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy(find_unused_parameters=bool(spec.get("find_unused_parameters", False)))
+        return _ddp_strategy_class()(find_unused_parameters=bool(spec.get("find_unused_parameters", False)))
     if name == "fsdp":
         # One full state dict in one file on rank 0 (trainable weights only, see LlavaLitModule.on_save_checkpoint).
         return _fsdp2_strategy_class()(save_distributed_checkpoint=False)
     return build_deepspeed(spec, model, micro_batch_size)
+
+
+def _ddp_strategy_class():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    class LoopbackDDPStrategy(DDPStrategy):
+        """Lightning's DDP; on one node its process group's store listens on 127.0.0.1 only
+        (:mod:`lmm.training.rendezvous`)."""
+
+        def setup_distributed(self) -> None:
+            init_process_group_on_loopback(self)
+            super().setup_distributed()
+
+    return LoopbackDDPStrategy
 
 
 def _fsdp2_strategy_class():
@@ -117,12 +133,17 @@ def _fsdp2_strategy_class():
 
     class FSDP2Strategy(ModelParallelStrategy):
         """Lightning's ModelParallelStrategy as pure data parallelism: every process is one FSDP rank (its "auto"
-        sizes would make the node count the data-parallel size)."""
+        sizes would make the node count the data-parallel size). On one node its process group's store listens
+        on 127.0.0.1 only (:mod:`lmm.training.rendezvous`)."""
 
         def setup_environment(self) -> None:
             self._data_parallel_size = self.num_nodes * self.num_processes
             self._tensor_parallel_size = 1
             super().setup_environment()
+
+        def _setup_distributed(self) -> None:
+            init_process_group_on_loopback(self)
+            super()._setup_distributed()
 
     return FSDP2Strategy
 
