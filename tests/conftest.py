@@ -58,8 +58,12 @@ def default_run(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("default_run")
+    # every name lookup / connection of the run is recorded in net_audit.log (tests/netaudit, docs/security.md §3)
+    env = {**os.environ, "LMM_NET_AUDIT": str(out / "net_audit.log"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "tests" / "netaudit"), os.environ.get("PYTHONPATH"))
+                                         if p)}
     res = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={out}", f"logger.tracking_uri=sqlite:///{out}/mlflow.db",
                           "trainer.enable_progress_bar=false"],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return out, res

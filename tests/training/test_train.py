@@ -62,6 +62,43 @@ def in_process(tmp_path, *overrides):
                                       "trainer.enable_progress_bar=false", *overrides))
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost", "'127.0.0.1'", "'::1'", "'localhost'")
+
+
+def off_machine(log_file) -> list[str]:
+    """Lines of a tests/netaudit log whose target is neither a local (AF_UNIX) socket nor a loopback address."""
+    import ast
+    import os
+
+    if not os.path.exists(log_file):
+        return []
+    bad = []
+    for line in open(log_file, encoding="utf-8").read().splitlines():
+        _, event, arg = line.split("\t", 2)
+        target = ast.literal_eval(arg)
+        host = target[0] if isinstance(target, tuple) else target
+        if isinstance(host, bytes):
+            host = host.decode()
+        unix = event == "socket.connect" and not isinstance(target, tuple)
+        if not unix and host not in (None, *LOOPBACK):
+            bad.append(line)
+    return bad
+
+
+def test_the_default_run_uses_no_network(default_run, tmp_path):
+    """docs/security.md §3: the tiny run (twins, both stages, 12 benchmarks) looks up and connects to nothing off
+    this machine. The audit hook is checked first on a process that does look a name up."""
+    import os
+
+    out, _ = default_run
+    probe = tmp_path / "probe.log"
+    env = {**os.environ, "LMM_NET_AUDIT": str(probe), "PYTHONPATH": str(REPO / "tests" / "netaudit")}
+    subprocess.run([sys.executable, "-c", "import socket\ntry: socket.getaddrinfo('203.0.113.7', 443)\n"
+                    "except OSError: pass"], env=env, check=True, timeout=60)
+    assert off_machine(probe) and "203.0.113.7" in probe.read_text()  # the hook records what it must
+    assert off_machine(out / "net_audit.log") == []
+
+
 def test_timm_tower_and_connector_file_handoff(tmp_path):
     in_process(tmp_path / "a", "model/vision=timm_vit_l14_clip_336", "run_stages=[pretrain]", *FAST)
     conn = tmp_path / "a" / "pretrain" / "connector.safetensors"
