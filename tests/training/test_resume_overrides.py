@@ -61,6 +61,7 @@ def test_the_runs_own_copy_of_its_overrides_wins(tmp_path):
     ("-m", "flag"),
     ("seed", "key=value"),
     ("se ed=1", "key"),
+    ("x={a:[1,{b:2}", "cannot parse"),
 ])
 def test_a_crafted_override_is_refused_naming_it(tmp_path, override, why):
     run = run_folder(tmp_path, ["seed=1", override])

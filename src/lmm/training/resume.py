@@ -69,6 +69,28 @@ def check_override(override: str) -> str | None:
                 "strategy@stages.<s>.strategy, stage@stages.<s> and evaluation@eval are replayed")
     if (CONF / group).is_dir() and eq and not (OPTION.match(value) and ".." not in value):
         return f"the value of config group {group} must be a plain option name (it names a file of conf/{group})"
+    return _check_parsed(override)
+
+
+def _check_parsed(override: str) -> str | None:
+    """What Hydra makes of ``override`` (its own parser: quotes and escapes undone, lists and dicts built) holds no
+    instantiate key and no interpolation either, at any depth."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        value = OverridesParser.create().parse_override(override).value()
+    except HydraException as e:
+        return f"Hydra cannot parse it ({str(e).splitlines()[0]})"
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            todo += item
+        elif isinstance(item, str) and (any(name in item for name in SPECIAL) or "${" in item):
+            return f"its value holds {item!r} once Hydra has parsed it"
     return None
 
 
