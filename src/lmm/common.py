@@ -1,19 +1,23 @@
 """Small things every layer needs, kept in one leaf: a config value as plain Python (a Hydra / OmegaConf node
 resolved, anything else as it is), an exclusive file lock between processes, and a cache folder named by a hash of
 what it depends on, built atomically (a half-built folder is never found; processes racing to build it leave one
-complete copy); first-fit-decreasing bin packing; a path confined to a folder (:func:`inside`)."""
+complete copy); first-fit-decreasing bin packing; a path confined to a folder (:func:`inside`); a file opened
+only when it is a regular one (:func:`open_regular`); a file or a folder written whole or not at all
+(:func:`atomic_write`, :func:`replacing_folder`)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class UnsafePathError(ValueError):
@@ -39,6 +43,69 @@ def inside(root: str | Path, name: str) -> Path:
     if os.path.commonpath([base, resolved]) != base:
         raise UnsafePathError(text, root, f"a link resolving to {resolved}")
     return Path(resolved)
+
+
+def open_regular(path: str | Path) -> tuple[int, int]:
+    """``(fd, size)`` of ``path`` opened read-only, when it is a regular file (the caller closes ``fd``); else an
+    :class:`OSError` whose ``strerror`` says so. Opened non-blocking: a FIFO is refused, never waited on (a device
+    such as ``/dev/zero`` or a folder likewise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a folder is never read)", str(path))
+    return fd, st.st_size
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[IO[str]]:
+    """A UTF-8 text handle on a temporary sibling of ``path`` that replaces ``path`` (a rename, after an fsync)
+    only when the block ends without error: a failed write never leaves a half-written ``path``, nor the temporary
+    file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def replacing_folder(dst: str | Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``dst`` to fill. When the block succeeds it takes ``dst``'s place: an existing
+    ``dst`` is renamed aside first (back again if the swap fails) and deleted once the new folder is in place — a
+    link to a folder is replaced, its target left alone. When the block fails the temporary folder is deleted and
+    ``dst`` is left as it was."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (dst.with_name(f".{dst.name}.{what}{os.getpid()}") for what in ("tmp", "old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not (dst.exists() or dst.is_symlink()):
+        tmp.rename(dst)
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    dst.rename(old)
+    try:
+        tmp.rename(dst)
+    except OSError:
+        old.rename(dst)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def plain(node: Any) -> Any:

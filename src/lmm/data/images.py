@@ -8,8 +8,6 @@ CLIP-style resize (shortest edge, bicubic), centre crop, /255 and mean/std norma
 from __future__ import annotations
 
 import io
-import os
-import stat
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from lmm.common import open_regular
 from lmm.imaging import CLIP_MEAN, CLIP_STD, MAX_IMAGE_PIXELS_ENV, max_image_pixels
 
 # The extensions an image may have in a record (the converter's member names, ``jpeg`` stored as ``jpg``): each is an
@@ -108,22 +107,19 @@ def read_image_file(path: str | Path) -> bytes:
     regular file: a FIFO is opened non-blocking and refused, never waited on; or an OS error); ``image_too_large``
     (more bytes than an image within the pixel limit can take, refused unread)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd, size = open_regular(path)
     except FileNotFoundError:
         raise ImageLoadError("missing_image", f"no file at {path}") from None
     except OSError as e:
         raise ImageLoadError("unreadable_image", f"{path}: {e.strerror or e}") from None
     with open(fd, "rb", closefd=True) as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageLoadError("unreadable_image", f"{path}: not a regular file")
         cap = BYTES_PER_PIXEL * max_image_pixels() + HEADER_BYTES
         try:
-            data = f.read(cap + 1) if st.st_size <= cap else b""
+            data = f.read(cap + 1) if size <= cap else b""
         except OSError as e:
             raise ImageLoadError("unreadable_image", f"{path}: {e.strerror or e}") from None
-        if st.st_size > cap or len(data) > cap:
-            raise ImageLoadError("image_too_large", f"{path}: {max(st.st_size, len(data))} bytes, more than an image "
+        if size > cap or len(data) > cap:
+            raise ImageLoadError("image_too_large", f"{path}: {max(size, len(data))} bytes, more than an image "
                                                     f"within the pixel limit takes ({cap}; {MAX_IMAGE_PIXELS_ENV})")
         return data
 

@@ -32,16 +32,15 @@ import json
 import multiprocessing as mp
 import os
 import re
-import shutil
-import stat
 import sys
 import tarfile
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from lmm.common import UnsafePathError, inside
+from lmm.common import UnsafePathError, inside, open_regular, replacing_folder
 from lmm.data.images import (
     FORMAT_NAMES,
     IMAGE_EXTENSIONS,
@@ -223,10 +222,8 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
             raise ValueError(f"--force replaces the whole folder {out}, which holds files that are not the "
                              f"converter's ({', '.join(foreign[:5])}); convert into an --out folder of its own")
     records, parse_rejected = read_records(json_path)  # a bad input fails here, before anything is written
-    work = out.resolve().with_name(f"{out.resolve().name}.new{os.getpid()}") if replace else out
-    if replace:
-        shutil.rmtree(work, ignore_errors=True)
-    try:
+    # --force: the new conversion is built beside the (resolved) folder and replaces it once complete
+    with replacing_folder(out.resolve()) if replace else nullcontext(out) as work:
         work.mkdir(parents=True, exist_ok=True)
         (work / CONFIG_NAME).write_text(json.dumps(fp, indent=1))
         worker_opts = {"out": str(work), "image_folder": options["image_folder"], "verify_images": verify_images,
@@ -238,27 +235,8 @@ def convert(json_path: str | Path, image_folder: str | Path | None, out: str | P
         tmp = work / (REPORT_NAME + ".tmp")  # text that is not Unicode is written as its JSON escape
         tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
         tmp.replace(work / REPORT_NAME)
-    except BaseException:
-        if replace:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if replace:
-        _swap_in(work, out.resolve())
     echo(format_report(report, out))
     return report
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Put the complete folder ``new`` in the place of ``out``, then delete the old one."""
-    old = out.with_name(f"{out.name}.old{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    out.rename(old)
-    try:
-        new.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    shutil.rmtree(old)
 
 
 def _convert_records(records: list[Record], parse_rejected: list[RecordError], tagger: SourceTagger, work: Path,
@@ -342,14 +320,13 @@ def read_member(shard_path: str | Path, span: list[int], handles: dict | None = 
                 path = inside(os.path.dirname(shard_path) or ".", os.path.basename(shard_path))
             except UnsafePathError as e:
                 raise OSError(f"{shard_path}: not read: {e}") from None
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                raise OSError(f"{shard_path}: not a regular file (a FIFO, a device or a folder is never read)")
+            try:
+                fd, size = open_regular(path)
+            except OSError as e:
+                raise OSError(f"{shard_path}: {e.strerror or e}") from None
             if len(handles) >= 64:
                 os.close(handles.pop(next(iter(handles)))[0])
-            entry = handles[shard_path] = (fd, st.st_size)
+            entry = handles[shard_path] = (fd, size)
         fd, length = entry
         if not (isinstance(span, list | tuple) and len(span) == 2 and all(isinstance(v, int) for v in span)):
             raise OSError(f"{shard_path}: member span {span!r} is not [offset, size]")

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmm.evaluation.answers import PredictionsError, atomic_output, read_predictions
+from lmm.common import atomic_write
+from lmm.evaluation.answers import PredictionsError, read_predictions
 from lmm.evaluation.benchmarks import BENCHMARKS, BenchmarkDataError, JudgeNotConfiguredError, get_benchmark
 from lmm.evaluation.benchmarks.base import read_json, warn_stderr
 from lmm.evaluation.benchmarks.gqa import gqa_prediction
@@ -135,7 +136,7 @@ def _convert(args: argparse.Namespace) -> dict[str, Any]:
         data = {mmvet_key(r["question_id"]): r["text"] for r in records}
     else:
         data = convert_seed_for_submission(records, read_json(args.data_root / SEED.GT_FILE)["questions"])
-    with atomic_output(args.output) as handle:
+    with atomic_write(args.output) as handle:
         if args.benchmark == "seed":
             handle.writelines(json.dumps(row) + "\n" for row in data)
         else:

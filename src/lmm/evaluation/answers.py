@@ -13,16 +13,16 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from lmm.common import atomic_write
 
 __all__ = [
     "PredictionFile",
     "PredictionsError",
     "as_prediction_file",
-    "atomic_output",
     "check_record",
     "index_by",
     "make_answer_record",
@@ -159,23 +159,6 @@ def make_answer_record(
     return record
 
 
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
-    """A UTF-8 text handle on a temporary sibling of ``path`` that replaces ``path`` (a rename) only when the
-    block ends without error: a failed write never leaves a half-written ``path``, nor the temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _answer_lines(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     for record in records:
         problem = check_record(record)
@@ -198,7 +181,7 @@ def write_answers(path: str | os.PathLike[str], records: Iterable[Mapping[str, A
             handle.flush()
             os.fsync(handle.fileno())
         return count
-    with atomic_output(path) as handle:
+    with atomic_write(path) as handle:
         for line in _answer_lines(records):
             handle.write(line)
             count += 1

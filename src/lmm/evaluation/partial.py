@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmm.evaluation.answers import atomic_output, check_record, write_answers
+from lmm.common import atomic_write
+from lmm.evaluation.answers import check_record, write_answers
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class AnswerLog:
             log.warning("%s: %s was written with other settings (or holds no usable answer): starting afresh",
                         self.folder, PARTIAL)
         self.n_saved = write_answers(self.partial, self.done)  # exactly the kept prefix (atomic)
-        with atomic_output(self.folder / PARTIAL_KEY) as handle:
+        with atomic_write(self.folder / PARTIAL_KEY) as handle:
             json.dump(self.key, handle, indent=1)
         return self.done
 

@@ -18,7 +18,6 @@ tower, tokenizer) gets the caller's ``trust_remote_code`` — False unless the u
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 import yaml
 
-from lmm.common import inside
+from lmm.common import inside, replacing_folder
 from lmm.models import lora
 from lmm.models.build import build_llava
 from lmm.models.llava import LlavaModel
@@ -96,24 +95,8 @@ def output_folder(dst: str | Path, inputs: tuple[str | Path, ...] = (), overwrit
         raise OutputFolderError(f"the output {dst} exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise OutputFolderError(f"the output folder {dst} exists and is not empty; pass --overwrite to replace it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = (dst.with_name(f".{dst.name}.{what}{os.getpid()}") for what in ("tmp", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with replacing_folder(dst) as tmp:  # --overwrite: the old folder goes once the new one is complete
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dst.exists():  # --overwrite (or an empty folder): the old one goes once the new one is complete
-        dst.rename(old)
-        tmp.rename(dst)
-        if old.is_symlink():  # dst was a link to a folder: the link is replaced, its target left alone
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(dst)
 
 
 def save_tensors(state: dict[str, torch.Tensor], path: str | Path) -> Path:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from lmm.common import atomic_write
+
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"step-(\d+)\.ckpt$")
@@ -96,11 +98,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    with atomic_write(path) as handle:
+        handle.write(text)
+    return Path(path)
 
 
 def write_json_atomic(data: dict, path: str | Path) -> Path:

@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 from lmm.common import UnsafePathError, digest, inside, plain
 from lmm.data.manifest import MANIFEST_NAME
 from lmm.data.remote import RemoteReader, is_url, join
-from lmm.training.checkpointing import DONE_FILE
+from lmm.training.checkpointing import DONE_FILE, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,8 @@ def record(cfg: DictConfig, name: str, stage_dir: Path, mlflow_run_id: str | Non
     if not cfg.get("stage_reuse") or not key or (stage_dir / REUSED_FILE).exists():
         return  # a reused stage points at its origin, never at a chain of copies
     path = _index(cfg, name, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"stage_dir": str(stage_dir.resolve()), "mlflow_run_id": mlflow_run_id,
-                               "tracking_uri": cfg.logger.tracking_uri, "finished": time.time()}, indent=1))
-    tmp.replace(path)
+    write_json_atomic({"stage_dir": str(stage_dir.resolve()), "mlflow_run_id": mlflow_run_id,
+                       "tracking_uri": cfg.logger.tracking_uri, "finished": time.time()}, path)
 
 
 def reuse(cfg: DictConfig, name: str, stage_dir: Path) -> dict | None:
@@ -182,9 +179,7 @@ def reuse(cfg: DictConfig, name: str, stage_dir: Path) -> dict | None:
         return None
     info = {"source_dir": str(source), "mlflow_run_id": entry.get("mlflow_run_id"),
             "tracking_uri": entry.get("tracking_uri"), "key": key}
-    tmp = stage_dir / f".{REUSED_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(stage_dir / REUSED_FILE)
+    write_json_atomic(info, stage_dir / REUSED_FILE)
     log.info("stage %s: same inputs as the finished stage in %s (MLflow run %s) — reused, not trained again "
              "(stage_reuse.enabled=false trains it)", name, source, entry.get("mlflow_run_id"))
     return info
