@@ -17,7 +17,7 @@ ARGS = ["trainer.enable_progress_bar=false", "eval.after_training=false",
         "data.twin.n_pretrain=32", "data.twin.n_finetune=64",
         "stages.pretrain.epochs=1", "stages.finetune.epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
         "stages.pretrain.micro_batch_size=8", "stages.finetune.micro_batch_size=4",
-        "stages.finetune.global_batch_size=16", "checkpoint.every_n_steps=1", "checkpoint.keep_last=4"]
+        "stages.finetune.global_batch_size=16", "checkpointing.every_n_steps=1", "checkpointing.keep_last=4"]
 
 
 def train(run_dir, strategy, *extra):

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 # Random twins (no pretraining), 96 stage-2 samples × 2 epochs = 24 optimizer steps, a checkpoint every 3 steps.
 ARGS = ["trainer.enable_progress_bar=false", "eval.after_training=false",
         "data.twin.n_pretrain=32", "data.twin.n_finetune=96",
-        "stages.pretrain.epochs=1", "stages.finetune.epochs=2", "checkpoint.every_n_steps=3",
-        "checkpoint.keep_last=2"]
+        "stages.pretrain.epochs=1", "stages.finetune.epochs=2", "checkpointing.every_n_steps=3",
+        "checkpointing.keep_last=2"]
 STEPS = 24
 
 

@@ -36,7 +36,7 @@ def test_table2_rows_share_stage1_by_group(rows):
 
 def test_what_does_not_change_a_stage_is_not_in_its_key(rows):
     base = stage_key(rows["row0_llava"], "pretrain")
-    same = row("row0_llava", "data.num_workers=7", "logger.tags.experiment=renamed", "checkpoint.keep_last=5",
+    same = row("row0_llava", "data.num_workers=7", "logger.tags.experiment=renamed", "checkpointing.keep_last=5",
                "eval.benchmarks=[gqa]", "stages.finetune.lr=1e-4", "stages.pretrain.compile.enabled=true",
                "stages.pretrain.compile.backend=aot_eager")  # torch.compile: the same computation, faster
     assert stage_key(same, "pretrain") == base

@@ -14,7 +14,7 @@ from lmm.pipeline import train as run_pipeline
 pytestmark = pytest.mark.slow
 FAST = ["run_stages=[finetune]", "stages.finetune.allow_random_connector=true", "data.twin.n_pretrain=32",
         "data.twin.n_finetune=48", "stages.finetune.epochs=1", "eval.after_training=false",
-        "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=1", "checkpoint.keep_last=2"]
+        "trainer.enable_progress_bar=false", "checkpointing.every_n_steps=1", "checkpointing.keep_last=2"]
 
 
 def config(run, *overrides):
@@ -90,3 +90,13 @@ def test_overwrite_keeps_no_old_checkpoint_beside_the_new_runs(finished):
     # the earlier run's last checkpoints (higher steps) are gone, and the new run's were not pruned against them
     assert sorted(p.name for p in (finished / "finetune" / "checkpoints").iterdir()) == \
         ["step-000001.ckpt", "step-000002.ckpt"]
+
+
+def test_a_stage_runs_without_step_checkpoints(tmp_path):
+    """`callbacks.step_checkpoints=null` (README: `callbacks.<name>=null` removes one) trains and saves last.ckpt;
+    it used to end in a bare StopIteration."""
+    run = tmp_path / "run"
+    result = run_pipeline(config(run, "callbacks.step_checkpoints=null"))
+    st = result["stages"]["finetune"]
+    assert st["steps"] > 0 and (run / "finetune" / "last.ckpt").exists()
+    assert not (run / "finetune" / "checkpoints").exists()

@@ -2,7 +2,7 @@
 
 Layout of a run folder (``hydra.run.dir``)::
 
-    <stage>/checkpoints/step-000050.ckpt   every ``checkpoint.every_n_steps`` optimizer steps, the newest K kept
+    <stage>/checkpoints/step-000050.ckpt   every ``checkpointing.every_n_steps`` optimizer steps, the newest K kept
     <stage>/last.ckpt                      the stage's final trainable weights (handed to the next stage)
     <stage>/stage_done.json                written last: the stage finished (``resume=auto`` does not redo it)
 

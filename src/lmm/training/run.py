@@ -2,7 +2,7 @@
 
 Each stage carries its own strategy (``stages.<stage>.strategy``: LLaVA uses ZeRO-2, then ZeRO-3) and its global
 batch (kept as ``micro × accumulation × world size``, the world size read from the Trainer that runs). A stage
-checkpoints every ``checkpoint.every_n_steps`` optimizer steps; ``resume=auto`` keeps the finished stages of the
+checkpoints every ``checkpointing.every_n_steps`` optimizer steps; ``resume=auto`` keeps the finished stages of the
 run folder and continues the interrupted one from its newest readable checkpoint, in the same MLflow run."""
 
 from __future__ import annotations
@@ -246,7 +246,10 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     logger = instantiate(cfg.logger, run_name=f"{track.run_label(tags)}-{name}", run_id=run_id, tags={
         "stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir), **tags}, _convert_="all")
     callbacks = stage_callbacks(cfg, name, tokenizer, processor, extra_callbacks)
-    preempt = next(cb for cb in callbacks if isinstance(cb, StepCheckpoints))
+    preempt = next((cb for cb in callbacks if isinstance(cb, StepCheckpoints)), None)
+    if preempt is None:
+        log.warning("stage %s: callbacks.step_checkpoints is off: no step checkpoints, and a SIGTERM ends the stage "
+                    "without one (resume=auto then restarts it)", name)
     trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         max_epochs=stage.epochs, max_steps=stage.max_steps, gradient_clip_val=stage.gradient_clip_val,
         precision=precision, strategy=build_strategy(stage.get("strategy"), model, stage.micro_batch_size),
@@ -281,7 +284,7 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
     track.log_metrics(logger, batch_info, step=0)
     fit_kwargs = {"ckpt_path": str(ckpt), "weights_only": True} if ckpt else {}
     trainer.fit(module, datamodule=data, **fit_kwargs)
-    if preempt.preempted is not None:
+    if preempt is not None and preempt.preempted is not None:
         logger.finalize("KILLED")
         log.warning("stage %s pre-empted; checkpoint %s. Continue with: python train.py ... "
                     "hydra.run.dir=%s resume=auto", name, preempt.preempted, cfg.paths.output_dir)
