@@ -35,7 +35,10 @@ def test_rows_match_the_paper():
     c = {e: cfg_of(e) for e in EXPERIMENTS}
     # Shared official recipe (scripts/v1_5/*.sh) on every row.
     for e, cfg in c.items():
-        assert cfg.stages.pretrain.lr == 1e-3 and cfg.stages.pretrain.global_batch_size == 256, e
+        linear = e in ("row0_llava", "row1_vqav2", "row2_format_prompt")  # the original LLaVA's stage 1 (pretrain.sh)
+        assert (cfg.stages.pretrain.lr, cfg.stages.pretrain.global_batch_size) == ((2e-3, 128) if linear
+                                                                                    else (1e-3, 256)), e
+        assert (cfg.model.connector.name == "linear") == linear, e
         assert cfg.stages.finetune.global_batch_size == 128 and cfg.stages.finetune.epochs == 1, e
         assert cfg.stages.finetune.warmup_ratio == 0.03 and cfg.model.max_length == 2048, e
         assert cfg.stages.pretrain.template == "plain" and not cfg.model.twin, e
@@ -145,3 +148,12 @@ def test_one_conversion_serves_every_experiment(tmp_path):
             proc = SampleProcessor(tok, get_template(cfg.stages[stage].template), ImageTransform(28))
             folders[stage].add(build_datamodule(cfg.data, stage, proc, 4, 1, tok.pad_token_id, 0).shard_dir)
     assert len(names) == 16 and all(len(f) == 1 for f in folders.values()), folders
+
+
+def test_stage1_recipe_is_a_one_line_override():
+    """Rows 0–2 with LLaVA-1.5's stage 1, and LLaVA-1.5-7B with the original LLaVA's; the tiny scale keeps its batch."""
+    assert cfg_of("row0_llava", "stage@stages.pretrain=pretrain").stages.pretrain.lr == 1e-3
+    v1 = cfg_of("llava_v1_5_7b", "stage@stages.pretrain=pretrain_llava_v1").stages.pretrain
+    assert (v1.lr, v1.global_batch_size, v1.micro_batch_size) == (2e-3, 128, 16)
+    tiny = cfg_of("row0_llava", scale="tiny").stages.pretrain
+    assert (tiny.lr, tiny.global_batch_size) == (2e-3, 16)
