@@ -5,6 +5,8 @@ the fp32-master behaviour on CUDA.
     python benchmarks/gpu_step.py --device cpu --toy    # the same code at toy size (the twins), CPU, seconds
     python benchmarks/gpu_step.py --attn flash_attention_2 --packing   # FlashAttention-2 varlen (pip install -e '.[flash]')
     python benchmarks/gpu_step.py --compile inductor    # the LLM's decoder layers compiled (stages.<stage>.compile)
+    python benchmarks/gpu_step.py --deepspeed           # instead: DeepSpeed's accumulation + checkpoint checks
+                                                        # (benchmarks/gpu_deepspeed.py; --device cpu --toy on CPU)
 
 The model is built from ``conf/``: ``model/vision/clip_vit_l14_336`` and ``model/llm/tinyllama_1b`` at their
 ``arch`` shapes (their ``twin`` shapes with ``--toy``), ``model/connector/mlp2x_gelu``; no download. Precision as a
@@ -72,7 +74,7 @@ def build(device, toy: bool, attn: str | None = None):
     return model
 
 
-def make_batch(model, batch: int, seq: int, device):
+def make_batch(model, batch: int, seq: int, device, seed: int = 0):
     """``batch`` samples of ``seq`` LLM tokens: BOS, the image (its tokens), then random text, all of it labelled."""
     import torch
 
@@ -83,7 +85,7 @@ def make_batch(model, batch: int, seq: int, device):
     if n_text < 2:
         raise SystemExit(f"--seq {seq} must exceed the {n_img} image tokens")
     vocab = model.llm.config.vocab_size
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, n_text + 1), generator=g)
     ids[:, 0], ids[:, 1] = 1, IMAGE_TOKEN_INDEX
     size = model.vision.image_size
@@ -152,7 +154,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", default=None, metavar="BACKEND",
                     help="torch.compile the LLM's decoder layers (stages.<stage>.compile), e.g. inductor; the "
                          "warm-up steps compile")
+    ap.add_argument("--deepspeed", action="store_true",
+                    help="instead of the throughput: DeepSpeed's accumulation and checkpoint checks "
+                         "(benchmarks/gpu_deepspeed.py; micro batch 2 of --seq, default 128 toy / 1024)")
     a = ap.parse_args(argv)
+    if a.deepspeed:
+        return deepspeed_checks(a)
     batch, seq = a.batch or (2 if a.toy else 8), a.seq or (128 if a.toy else 2048)
     warmup, steps = a.warmup if a.warmup is not None else (1 if a.toy else 3), a.steps or (2 if a.toy else 10)
     device = torch.device(a.device)
@@ -217,6 +224,32 @@ def main(argv=None) -> dict:
     print(f"peak memory: {mem}; plan estimate {result['plan_memory_gib']:.2f} GiB")
     print(result["master_check"])
     return result
+
+
+def deepspeed_checks(a) -> dict:
+    """``--deepspeed``: benchmarks/gpu_deepspeed.py's checks on the model of ``build`` (5 micro-batches of 2)."""
+    import tempfile
+
+    import torch
+    from gpu_deepspeed import check_deepspeed
+
+    from lmm.data.batch import Batch
+
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: use --device cpu --toy")
+    torch.manual_seed(0)
+    model = build(torch.device("cpu"), a.toy, a.attn)  # Lightning moves it to the device
+    seq = a.seq or (128 if a.toy else 1024)
+    batches = [Batch(*make_batch(model, 2, seq, "cpu", seed), ids=[f"s{seed}_{i}" for i in range(2)])
+               for seed in range(5)]
+    with tempfile.TemporaryDirectory(prefix="lmm-deepspeed-") as root:
+        lines = check_deepspeed(model, batches, device, Path(root))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}{' (toy)' if a.toy else ''}; torch {torch.__version__}; micro batch 2 × {seq} tokens")
+    for line in lines:
+        print(line)
+    return {"device": name, "deepspeed": lines}
 
 
 if __name__ == "__main__":

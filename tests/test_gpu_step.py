@@ -24,3 +24,24 @@ def test_toy_gpu_step_runs_on_cpu():
     assert re.search(r"^batch: 2 × 128 tokens \(49 image tokens\)", out, re.M), out
     assert re.search(r"^fp32 masters: ok .* moved (9\d|100)\.\d% of .*q_proj", out, re.M), out
     assert "plan estimate" in out and out.startswith("device: cpu (toy)")
+
+
+@pytest.mark.slow  # the model built twice, DeepSpeed's engine started (≈ 15 s)
+def test_toy_deepspeed_checks_run_on_cpu(capsys, monkeypatch):
+    """`gpu_step.py --deepspeed` at toy size on the CPU: the same accumulation and checkpoint checks a GPU session runs
+    at real size (benchmarks/gpu_deepspeed.py)."""
+    pytest.importorskip("deepspeed")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_step
+
+    saved = dict(os.environ)  # Lightning's DeepSpeed strategy sets MASTER_PORT, RANK, WORLD_SIZE, ...
+    try:
+        result = gpu_step.main(["--device", "cpu", "--toy", "--deepspeed"])
+    finally:  # not left to later tests: their train.py ranks would inherit them
+        os.environ.clear()
+        os.environ.update(saved)
+    out = capsys.readouterr().out
+    assert result["device"] == "cpu" and len(result["deepspeed"]) == 2
+    assert re.search(r"^deepspeed accumulation: ok — .*: 6 optimizer steps \(engine 6\); gradient norm ratio "
+                     r"deepspeed/plain per step (0\.99|1\.00)\d+\.\.(0\.99|1\.00)\d+ ", out, re.M), out
+    assert re.search(r"^deepspeed checkpoint: ok — every rank's shard recorded .*: 25 fp32 tensors", out, re.M), out

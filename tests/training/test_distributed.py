@@ -1,7 +1,9 @@
 """2-rank DDP and 2-rank FSDP runs of `train.py` on the CPU (gloo), each stage with its own strategy: the global
 batch is kept by accumulation over the real world size, FSDP keeps fp32 masters (bf16 compute in stage 2) and
-agrees with DDP, and the sharded model is handed to the next stage and saved whole."""
+agrees with DDP — rank 1 holding the model on the meta device until rank 0's weights reach its shards — and the
+sharded model is handed to the next stage and saved whole."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +64,20 @@ def test_two_rank_ddp_and_fsdp_runs_keep_the_global_batch(runs):
         assert (m["train/world_size"], m["train/accumulation"], m["train/global_batch"]) == (2, 2, 16)
         assert m["data/samples_seen"] == 32  # rank 0's share
         assert (root / name / "finetune" / "model" / "model.safetensors").exists()
+
+
+def test_other_ranks_hold_only_what_their_stage_needs(runs):
+    """FSDP: rank 1 builds the model on the meta device and receives rank 0's weights once sharded (stage 1 still
+    equals DDP bit for bit, below), and rebuilds nothing after the last stage; DDP: every rank holds it whole. Each
+    rank logs its peak host memory after each stage."""
+    _, ddp, fsdp = runs
+    ddp_log, fsdp_log = ddp.stdout + ddp.stderr, fsdp.stdout + fsdp.stderr
+    assert fsdp_log.count("rank 1: model built on the meta device") == 2  # for stage 1, and again for stage 2
+    assert "rank 1: no later stage — the trained model is not rebuilt here" in fsdp_log
+    assert "meta device" not in ddp_log and "not rebuilt here" not in ddp_log
+    for log in (ddp_log, fsdp_log):
+        for rank in (0, 1):
+            assert re.search(rf"rank {rank}: peak host memory [0-9.]+ GiB after stage finetune", log)
 
 
 def test_fsdp_keeps_fp32_masters_and_agrees_with_ddp(runs):

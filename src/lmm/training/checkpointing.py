@@ -11,7 +11,9 @@ data position) plus ``lmm``: RNG states, the data accounting of the module, the 
 and stage that wrote it (``resume=<file>`` continues only that run: :func:`check_checkpoint_origin`). Files are
 written to a temporary name in the same folder, fsynced and renamed (never a half-written checkpoint under its
 final name).
-Under DeepSpeed a checkpoint is a folder, complete once DeepSpeed has written its ``latest`` tag file.
+Under DeepSpeed a checkpoint is a folder of per-rank shards, complete once every rank's shard is written and rank 0
+has recorded them all (``lmm_complete.json``, then ``latest``: :mod:`lmm.training.deepspeed_checkpoint`); it is read
+with weights-only loads only.
 """
 
 from __future__ import annotations
@@ -29,18 +31,27 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lmm.common import atomic_write
+# the checkpoint files' primitives and the error, importable from here as before
+from lmm.training.checkpoint_io import (  # noqa: F401
+    AtomicCheckpointIO,
+    ResumeError,
+    atomic_torch_save,
+    write_json_atomic,
+    write_text_atomic,
+)
+from lmm.training.deepspeed_checkpoint import (
+    check_deepspeed_checkpoint,
+    client_state,
+    is_refusal,
+    refused,
+    weights_only_loads,
+)
 
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"step-(\d+)\.ckpt$")
 DONE_FILE = "stage_done.json"
-
-
-class ResumeError(RuntimeError):
-    pass
 
 
 # --------------------------------------------------------------------------------------------------- RNG states
@@ -62,49 +73,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------------------------- atomic checkpoints
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that never leaves a half-written file under a checkpoint's name, and streams to disk
-    (Lightning's own ``_atomic_save`` first builds the whole checkpoint in memory)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO takes no storage_options")
-        atomic_torch_save(checkpoint, path)
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    with atomic_write(path) as handle:
-        handle.write(text)
-    return Path(path)
-
-
-def write_json_atomic(data: dict, path: str | Path) -> Path:
-    return write_text_atomic(json.dumps(data, indent=2, default=str), path)
 
 
 # ---------------------------------------------------------------------------------------- checkpoint callback
@@ -192,12 +160,12 @@ def checkpoint_step(path: Path) -> int:
 
 def validate_checkpoint(path: str | Path) -> dict:
     """Open a checkpoint cheaply (memory-mapped, tensors not read) after checking every zip member's CRC; return its
-    ``lmm`` entry. Raises :class:`ResumeError` naming the file for a truncated or corrupt one."""
+    ``lmm`` entry. Raises :class:`ResumeError` naming the file for a truncated or corrupt one. A DeepSpeed folder
+    counts only with every rank's shard recorded complete and at its recorded size
+    (:func:`lmm.training.deepspeed_checkpoint.check_deepspeed_checkpoint`)."""
     path = Path(path)
-    if path.is_dir():  # DeepSpeed: complete once its "latest" tag exists
-        if not (path / "latest").exists():
-            raise ResumeError(f"{path}: DeepSpeed checkpoint folder without its 'latest' tag (interrupted write)")
-        return {}
+    if path.is_dir():  # DeepSpeed: every rank's shard recorded complete, at its size (a ResumeError names the gap)
+        return client_state(path)
     try:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
@@ -270,7 +238,9 @@ def stage_done(stage_dir: str | Path) -> dict | None:
 
 def consolidate_deepspeed(path: str | Path) -> Path:
     """A DeepSpeed checkpoint folder's trainable weights as one fp32 file (Lightning's ZeRO converter), written once
-    and atomically: call on one rank, then synchronise. A plain checkpoint file is returned as it is."""
+    and atomically: call on one rank, then synchronise. The folder must be complete (every rank's shard), and its
+    shards are read with weights-only loads (DeepSpeed's converter asks for full unpickling; a shard holding anything
+    but tensors, plain values and DeepSpeed's few checkpoint types is refused). A plain file is returned as it is."""
     path = Path(path)
     if not path.is_dir():
         return path
@@ -278,8 +248,16 @@ def consolidate_deepspeed(path: str | Path) -> Path:
     if not out.exists():
         from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
+        check_deepspeed_checkpoint(path)
         tmp = path / f".fp32_state.pt.tmp-{os.getpid()}"
-        convert_zero_checkpoint_to_fp32_state_dict(str(path), str(tmp))
+        try:
+            with weights_only_loads():
+                convert_zero_checkpoint_to_fp32_state_dict(str(path), str(tmp))
+        except Exception as e:
+            tmp.unlink(missing_ok=True)
+            if is_refusal(e):
+                raise refused(path, e) from e
+            raise
         os.replace(tmp, out)
     return out
 
@@ -292,4 +270,5 @@ def load_trainable_state(path: str | Path) -> dict[str, torch.Tensor]:
         path = path / "fp32_state.pt"
         if not path.exists():
             raise ResumeError(f"{path.parent}: DeepSpeed checkpoint not consolidated (consolidate_deepspeed)")
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    # memory-mapped: the weights are copied into the model from the page cache, not held twice in a process's RAM
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]

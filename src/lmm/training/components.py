@@ -63,11 +63,12 @@ def stage_callbacks(cfg: DictConfig, stage_name: str, tokenizer, processor: Samp
     return callbacks + list(extra(stage_name, tokenizer, processor) if extra else [])
 
 
-def build_model(cfg: DictConfig, tokenizer):
+def build_model(cfg: DictConfig, tokenizer, meta: bool = False):
     """The LLaVA model of ``cfg.model``, its random parts drawn from ``cfg.seed`` alone (the caller's RNG is left
-    as it was): a rebuild — after a sharded stage, or in a resumed run — gives the same frozen weights."""
+    as it was): a rebuild — after a sharded stage, or in a resumed run — gives the same frozen weights. With
+    ``meta`` the same model on the meta device, no weights read (a rank that receives rank 0's)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return build_llava(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
-                           twin=cfg.model.twin, hd=cfg.model.get("hd"))
+                           twin=cfg.model.twin, hd=cfg.model.get("hd"), meta=meta)
 

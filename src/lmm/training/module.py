@@ -88,12 +88,21 @@ class LlavaLitModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
 
     def configure_model(self) -> None:
-        """Under ``strategy=fsdp`` (Lightning's ModelParallelStrategy): shard the model with FSDP2, once. Then, with
-        ``compile`` on, ``torch.compile`` each decoder layer of the (sharded, LoRA-wrapped) LLM in place, once."""
-        from lmm.training.strategies import is_fsdp, shard_fsdp
+        """Under ``strategy=fsdp`` (Lightning's ModelParallelStrategy): shard the model with FSDP2, once; with several
+        ranks, every rank's shards then come from rank 0's weights (another rank may hold the model on the meta
+        device only: :mod:`lmm.training.stage_model`). Then, with ``compile`` on, ``torch.compile`` each decoder
+        layer of the (sharded, LoRA-wrapped) LLM in place, once."""
+        from lmm.training.strategies import check_same_model, is_fsdp, load_from_rank0, shard_fsdp
 
         if self.fsdp is not None and is_fsdp(self.trainer.strategy) and not getattr(self, "_sharded", False):
+            several = self.trainer.world_size > 1
+            if several:
+                check_same_model(self.model, self.trainer.strategy)
+            state = self.model.state_dict() if several and self.global_rank == 0 else None
             shard_fsdp(self.model, self.device_mesh["data_parallel"], self.fsdp)
+            if several:
+                load_from_rank0(self.model, state, self.device)
+            del state
             self._sharded = True
         if self.compile_spec is not None and not self._compiled:
             if self._trainer is not None and _is_deepspeed(self.trainer.strategy):
@@ -238,4 +247,5 @@ class LlavaLitModule(L.LightningModule):
 
 
 def _is_deepspeed(strategy) -> bool:
-    return type(strategy).__name__ == "DeepSpeedStrategy"
+    """Lightning's DeepSpeedStrategy or a subclass (ours: lmm.training.deepspeed_strategy), without importing it."""
+    return any(cls.__name__ == "DeepSpeedStrategy" for cls in type(strategy).__mro__)

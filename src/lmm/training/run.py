@@ -27,12 +27,10 @@ from lmm.tracking import mlflow as track
 from lmm.training.checkpointing import (
     DONE_FILE,
     AtomicCheckpointIO,
-    ResumeError,
     StepCheckpoints,
     check_checkpoint_origin,
     consolidate_deepspeed,
     find_resume_checkpoint,
-    load_trainable_state,
     stage_done,
     validate_checkpoint,
     write_json_atomic,
@@ -41,16 +39,16 @@ from lmm.training.checkpointing import (
 from lmm.training.components import (
     StageCallbacks,
     build_data,
-    build_model,
     build_tokenizer,
     data_counts,
     run_tags,
     stage_callbacks,
 )
-from lmm.training.module import DEEPSPEED_COMPILE, LlavaLitModule
+from lmm.training.module import DEEPSPEED_COMPILE
 from lmm.training.precision import resolve_precision, set_tf32
 from lmm.training.reuse import KEY_FIELD, finished_key, record, reuse, reuse_tags
 from lmm.training.run_folder import config_changes, launch_rank, prepare_run_folder, save_overrides
+from lmm.training.stage_model import adopt_stage, make_module, model_for_stage, peak_rss_gib, release
 from lmm.training.stages import format_param_table, load_connector, save_connector
 from lmm.training.strategies import build_strategy, strategy_name
 
@@ -102,27 +100,6 @@ def check_compile(cfg: DictConfig) -> None:
             raise ConfigError(DEEPSPEED_COMPILE.replace("<stage>", name))
 
 
-def make_module(cfg: DictConfig, stage: DictConfig, model) -> LlavaLitModule:
-    spec = OmegaConf.to_container(stage.strategy, resolve=True) if stage.get("strategy") else {"name": "auto"}
-    return LlavaLitModule(model, list(stage.trainable), stage.lr, stage.get("connector_lr"), stage.weight_decay,
-                          stage.warmup_ratio, lora=stage.get("lora"), nonfinite=cfg.get("guard", {}).get(
-                              "nonfinite", "raise"), fsdp=spec if spec.get("name") == "fsdp" else None,
-                          fp32_masters=spec.get("name") != "deepspeed", packing=stage.get("packing", "auto"),
-                          compile=stage.get("compile"))
-
-
-def adopt_stage(cfg: DictConfig, stage: DictConfig, model, checkpoint: str | Path) -> None:
-    """Put a finished stage's trainable weights into ``model`` (its parts frozen / LoRA-wrapped as the stage)."""
-    if stage.get("init_connector"):
-        load_connector(model, stage.init_connector)
-    module = make_module(cfg, stage, model)
-    state = load_trainable_state(checkpoint)
-    unknown = set(state) - set(module.state_dict())
-    if unknown:
-        raise ResumeError(f"{checkpoint} holds weights this model does not have (first: {sorted(unknown)[:3]})")
-    module.load_state_dict(state, strict=False)
-
-
 def is_gpu(cfg: DictConfig) -> bool:
     acc = str(cfg.trainer.accelerator)
     return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
@@ -140,24 +117,28 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
                 "tracking_uri": cfg.logger.tracking_uri}
     precision, resolved, cfg_yaml, changes = start_run(cfg)
     tokenizer = build_tokenizer(cfg)
-    model = build_model(cfg, tokenizer)
+    rank = launch_rank()
+    model = None  # built for the first stage that trains (whole, or on the meta device: stage_model)
     sha = track.git_sha()
     results: dict[str, Any] = {"output_dir": str(out_dir), "stages": {}}
     history: list[tuple[DictConfig, Path]] = []  # finished stages and their weights, in order
     is_zero = True
     reused: dict[str, dict] = {}  # stages taken from an earlier run with the same inputs (lmm.training.reuse)
     trained: list[str] = []  # stages trained by this invocation (resume=<file> applies to the first)
-    for name in cfg.run_stages:
+    for i, name in enumerate(cfg.run_stages):
         stage, stage_dir = cfg.stages[name], out_dir / name
         done = stage_done(stage_dir) if cfg.get("resume") else None
         if not done and (info := reuse(cfg, name, stage_dir)):
             reused[name], done = info, {**stage_done(stage_dir), "reused_from": info["source_dir"]}
         if done:
             log.info("stage %s finished in an earlier run (%s): kept, not redone", name, stage_dir / DONE_FILE)
-            adopt_stage(cfg, stage, model, stage_dir / "last.ckpt")
+            if model is not None:
+                adopt_stage(cfg, stage, model, stage_dir / "last.ckpt")
             history.append((stage, stage_dir / "last.ckpt"))
             results["stages"][name] = done
             continue
+        if model is None:
+            model = model_for_stage(cfg, tokenizer, history, stage, rank)
         ckpt, ckpt_info = resume_point(cfg, stage_dir, first=not trained)
         if stage.get("init_connector"):
             load_connector(model, stage.init_connector)
@@ -166,15 +147,18 @@ def run_training(cfg: DictConfig, extra_callbacks: StageCallbacks | None = None)
                                                        changes)
         history.append((stage, stage_dir / "last.ckpt"))
         trained.append(name)
-        if sharded:  # the trained model is sharded across ranks: rebuild it whole from the stages' weights
-            model = build_model(cfg, tokenizer)
-            for st, path in history:
-                adopt_stage(cfg, st, model, path)
+        if sharded:  # sharded across ranks: rebuilt from the stages' weights where needed (whole on rank 0)
+            later = cfg.run_stages[i + 1:]
+            model = None
+            model = model_for_stage(cfg, tokenizer, history, cfg.stages[later[0]] if later else None, rank)
         is_zero = trainer.is_global_zero
         if is_zero:
             finish_stage(cfg, name, stage, model, tokenizer, sha, result, stage_dir, logger)
         trainer.strategy.barrier("stage_done")
         results["stages"][name] = result
+        del trainer, logger  # the stage's Trainer, module, optimizer state (DeepSpeed engine) go before the next
+        release()
+        log.info("rank %d: peak host memory %.2f GiB after stage %s", rank, peak_rss_gib(), name)
     results["tracking_uri"] = cfg.logger.tracking_uri
     results["is_global_zero"] = is_zero
     return results
@@ -252,7 +236,8 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
                     "without one (resume=auto then restarts it)", name)
     trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         max_epochs=stage.epochs, max_steps=stage.max_steps, gradient_clip_val=stage.gradient_clip_val,
-        precision=precision, strategy=build_strategy(stage.get("strategy"), model, stage.micro_batch_size),
+        precision=precision, strategy=build_strategy(stage.get("strategy"), model, stage.micro_batch_size,
+                                                      precision=precision),
         logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(stage_dir))
     world = world_size(trainer)
     accum = accumulation(stage, world)

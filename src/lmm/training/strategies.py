@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from itertools import zip_longest
 from typing import Any
 
 import torch
@@ -60,7 +61,8 @@ def resolve_deepspeed_config(config: dict, micro_batch_size: int, accumulation: 
     * ``fp16.enabled`` ← ``--fp16`` (false), ``bf16.enabled`` ← ``--bf16`` (true): from the Lightning precision.
     * ``train_micro_batch_size_per_gpu`` ← per-device batch; ``gradient_accumulation_steps`` ← accumulation;
       ``train_batch_size`` ← micro × accumulation × world size.
-    * ``reduce_bucket_size`` ← hidden², and for ZeRO-3 ``stage3_prefetch_bucket_size`` ← 0.9·hidden²,
+    * ``reduce_bucket_size`` ← hidden², and for ZeRO-3 ``stage3_prefetch_bucket_size`` ← int(0.9·hidden²) (HF's
+      ``int``: DeepSpeed ≥ 0.15's config model refuses a fractional 15,099,494.4),
       ``stage3_param_persistence_threshold`` ← 10·hidden, with ``hidden`` the LLM's ``hidden_size`` (LLaVA's model
       config is the LLM's: 4096 for 7B, 5120 for 13B).
     * no ``gradient_clipping`` key: HF sets it only where the JSON says ``"auto"`` — so DeepSpeed does not clip.
@@ -73,7 +75,7 @@ def resolve_deepspeed_config(config: dict, micro_batch_size: int, accumulation: 
         ("train_micro_batch_size_per_gpu",): micro_batch_size, ("gradient_accumulation_steps",): accumulation,
         ("train_batch_size",): micro_batch_size * accumulation * world_size,
         ("zero_optimization", "reduce_bucket_size"): hidden_size * hidden_size,
-        ("zero_optimization", "stage3_prefetch_bucket_size"): 0.9 * hidden_size * hidden_size,
+        ("zero_optimization", "stage3_prefetch_bucket_size"): int(0.9 * hidden_size * hidden_size),
         ("zero_optimization", "stage3_param_persistence_threshold"): 10 * hidden_size,
     }
     for path, value in fill.items():
@@ -100,8 +102,10 @@ def llm_hidden_size(model: nn.Module) -> int:
     return int(model.llm.config.hidden_size)
 
 
-def build_strategy(spec: Any, model: nn.Module, micro_batch_size: int, accelerator: str | None = None):
-    """The Lightning strategy (a name or an object) for a stage's ``strategy`` config."""
+def build_strategy(spec: Any, model: nn.Module, micro_batch_size: int, accelerator: str | None = None,
+                   precision: str = "bf16-mixed"):
+    """The Lightning strategy (a name or an object) for a stage's ``strategy`` config; ``precision`` is the
+    Trainer's (DeepSpeed's ``bf16`` / ``fp16`` blocks follow it)."""
     spec = _spec(spec)
     name = strategy_name(spec)
     if name == "auto":
@@ -111,7 +115,7 @@ def build_strategy(spec: Any, model: nn.Module, micro_batch_size: int, accelerat
     if name == "fsdp":
         # One full state dict in one file on rank 0 (trainable weights only, see LlavaLitModule.on_save_checkpoint).
         return _fsdp2_strategy_class()(save_distributed_checkpoint=False)
-    return build_deepspeed(spec, model, micro_batch_size)
+    return build_deepspeed(spec, model, micro_batch_size, precision=precision)
 
 
 def _ddp_strategy_class():
@@ -148,20 +152,22 @@ def _fsdp2_strategy_class():
     return FSDP2Strategy
 
 
-def build_deepspeed(spec: dict, model: nn.Module, micro_batch_size: int):
+def build_deepspeed(spec: dict, model: nn.Module, micro_batch_size: int, precision: str = "bf16-mixed", **kwargs):
+    """LLaVA's DeepSpeed JSON, resolved for ``precision``, in :mod:`lmm.training.deepspeed_strategy`'s strategy
+    (``kwargs`` go to it)."""
     try:
         import deepspeed  # noqa: F401
     except ImportError as e:
         raise StrategyError("strategy deepspeed needs DeepSpeed: pip install 'lmm[deepspeed]' (CUDA GPUs only); "
                             "or choose strategy@stages.<stage>.strategy=fsdp") from e
-    from lightning.pytorch.strategies import DeepSpeedStrategy
+    from lmm.training.deepspeed_strategy import deepspeed_strategy_class
 
     # Lightning sets gradient_accumulation_steps (from the Trainer) and DeepSpeed derives train_batch_size; the
     # rest is the official JSON with HF's "auto" values (world size and accumulation do not enter these keys).
-    resolved = resolve_deepspeed_config(spec["config"], micro_batch_size, 1, 1, llm_hidden_size(model))
+    resolved = resolve_deepspeed_config(spec["config"], micro_batch_size, 1, 1, llm_hidden_size(model), precision)
     for key in ("gradient_accumulation_steps", "train_batch_size"):
         resolved.pop(key, None)
-    return DeepSpeedStrategy(config=resolved, exclude_frozen_parameters=True)
+    return deepspeed_strategy_class()(config=resolved, exclude_frozen_parameters=True, **kwargs)
 
 
 def is_fsdp(strategy) -> bool:
@@ -218,3 +224,40 @@ def shard_fsdp(model: nn.Module, mesh, spec: Any) -> int:
         fully_shard(unit, **kw)
     fully_shard(model, **kw)
     return len(units) + 1
+
+
+def model_signature(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
+    """Every parameter's and buffer's name, shape and dtype, in order."""
+    return [(n, tuple(t.shape), str(t.dtype)) for n, t in (*model.named_parameters(), *model.named_buffers())]
+
+
+def check_same_model(model: nn.Module, strategy) -> None:
+    """Collective, before sharding: every rank's model has rank 0's names, shapes and dtypes (another rank may have
+    built it on the meta device from the checkpoints' configs). Every rank raises if one differs."""
+    import torch.distributed as dist
+
+    mine = model_signature(model)
+    ref = [mine]
+    dist.broadcast_object_list(ref, src=0)
+    diff = next(((a, b) for a, b in zip_longest(ref[0], mine) if a != b), None)
+    if strategy.reduce_boolean_decision(diff is not None, all=False):
+        where = f"here {diff[1]}, on rank 0 {diff[0]}" if diff else "(another rank's differs)"
+        raise StrategyError(
+            f"rank {dist.get_rank()}'s model differs from rank 0's before FSDP sharding: {where}. A rank other than "
+            f"0 builds the model on the meta device from the checkpoints' configs (lmm.models.build.skeleton): "
+            f"report the part named here; meanwhile strategy@stages.<stage>.strategy=ddp loads it whole everywhere.")
+
+
+def load_from_rank0(model: nn.Module, state: dict | None, device) -> None:
+    """After FSDP2 sharding: every rank's shards from rank 0's full ``state`` (its ``state_dict()`` taken before
+    sharding; None on the other ranks), the meta tensors of a meta-built rank allocated first
+    (``to_empty``); every buffer, persistent or not, broadcast from rank 0."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model.to_empty(device=device)
+    set_model_state_dict(model, state if dist.get_rank() == 0 else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
