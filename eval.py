@@ -8,11 +8,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from lmm.pipeline import evaluate, one_line_errors, run_main  # noqa: E402  (light: model code is imported later)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@one_line_errors  # a config or input error: one line on stderr, exit 2
 def main(cfg: DictConfig) -> None:
-    from lmm.pipeline import evaluate
-
     out = evaluate(cfg)
     for name, scores in out["results"].items():
         print(f"[{name}] " + json.dumps(scores, default=str)[:600])
@@ -20,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a mistake on the command line (unknown key or option): one line, exit 2

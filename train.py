@@ -7,11 +7,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from lmm.pipeline import one_line_errors, run_main, train  # noqa: E402  (light: model code is imported later)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@one_line_errors  # a config or input error: one line on stderr, exit 2
 def main(cfg: DictConfig) -> float | None:
-    from lmm.pipeline import train
-
     result = train(cfg)
     if not result.get("is_global_zero", True) or "plan" in result:
         return None  # other ranks of a multi-process run (rank 0 reports), or a plan (printed already)
@@ -27,4 +28,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a mistake on the command line (unknown key or option): one line, exit 2

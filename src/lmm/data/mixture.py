@@ -32,6 +32,7 @@ from typing import Any
 
 from lmm.common import plain
 from lmm.data.records import Record
+from lmm.data.sources import check_source_names
 from lmm.text.prompts import ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER
 
 FORMAT_SUFFIXES = {
@@ -102,13 +103,17 @@ class StageMixture:
         return FormatPromptPolicy(active) if active else None
 
 
-def mixture_from_cfg(node: Mapping[str, Any]) -> StageMixture:
-    """Build a :class:`StageMixture` from a config node (dict or DictConfig); unknown keys are errors."""
+def mixture_from_cfg(node: Mapping[str, Any], where: str = "data.<stage>") -> StageMixture:
+    """Build a :class:`StageMixture` from a config node (dict or DictConfig) found at ``where``; unknown keys are
+    errors, and so is a source name the stage's rules cannot tag (:class:`~lmm.data.sources.UnknownSourceError`,
+    naming the known ones)."""
     node = dict(plain(node))
     known = {f.name for f in dataclasses.fields(StageMixture)}
     extra = set(node) - known
     if extra:
         raise ValueError(f"unknown key(s) {sorted(extra)} in the stage data config; known: {sorted(known)}")
+    check_source_names((node.get("sources") or {}).keys(), node.get("rules", "llava_mix665k"),
+                       node.get("unknown_source", "reject"), f"{where}.sources")
     sources = {}
     for name, spec in (node.pop("sources", None) or {}).items():
         spec = dict(spec or {})

@@ -104,6 +104,37 @@ RULE_SETS: dict[str, tuple[SourceRule, ...]] = {
 }
 
 
+class UnknownSourceError(ValueError):
+    """A source name in a data config that no rule can tag (a typo: ``vqa2``); the message names the known ones."""
+
+
+def known_sources(rules: str | Sequence[Mapping[str, Any]] | None = None, unknown_source: str = "reject",
+                  unknown_name: str = "unknown") -> tuple[str, ...]:
+    """The source names a stage's data config may list (sorted): every built-in source (:data:`SOURCES_665K` and
+    ``lcs558k``; OKVQA is tagged only by an override rule, see the module docstring), every source ``rules`` names,
+    and ``unknown_name`` when unmatched records are tagged (``unknown_source: tag``)."""
+    names = {"lcs558k", *SOURCES_665K, *(rule.source for rule in parse_rules(rules))}
+    if unknown_source == "tag":
+        names.add(unknown_name)
+    return tuple(sorted(names))
+
+
+def check_source_names(names: Iterable[str], rules: Any = None, unknown_source: str = "reject",
+                       where: str = "sources") -> None:
+    """:class:`UnknownSourceError` for the first of ``names`` that :func:`known_sources` does not hold, naming the
+    key (``<where>.<name>``) and the known ones."""
+    names = list(names)
+    if not names:
+        return
+    known = known_sources(rules, unknown_source)
+    for name in names:
+        if name not in known:
+            rule_set = f" (rules {rules})" if isinstance(rules, str) else ""
+            raise UnknownSourceError(
+                f"{where}.{name}: unknown source {name!r} — the known ones{rule_set}: {', '.join(known)}; a source "
+                f"of your own needs a rule that tags it (docs/data.md §2)")
+
+
 def parse_rules(spec: str | Sequence[Mapping[str, Any]] | None) -> tuple[SourceRule, ...]:
     """A built-in rule-set name, a path to a YAML/JSON list of rule dicts, or such a list itself."""
     if spec is None:
