@@ -79,7 +79,7 @@ tracking-server: ## MLflow server for concurrent jobs on 127.0.0.1: the project'
 merge-runs: ## Copy old per-run stores (outputs/*/mlflow.db, multirun/*/mlflow.db) into the project's store
 	$(PY) -m lmm.tracking.merge $(ARGS)
 
-bench-gen: ## Benchmark batched vs one-at-a-time generation (answers/s, identical answers, ratio)
+bench-gen: ## Benchmark the fast evaluation (batch 16, bf16) vs the official one (batch 1, fp16): answers/s, ratio, answers that differ
 	$(PY) benchmarks/generation_benchmark.py
 
 bench-train: ## Training step vs transformers' Llava, same weights and samples: useful tokens/s, ratio, peak memory; ARGS=...

@@ -34,3 +34,44 @@ def test_training_checkpoint_settings_live_under_checkpointing(scale, every):
     assert cfg.checkpointing.every_n_steps == every
     assert cfg.callbacks.step_checkpoints.every_n_steps == every
     assert "checkpoint" not in cfg
+
+
+# Issue 22 item 2: `eval=official` is LLaVA's own evaluation (scripts/v1_5/eval/*.sh), for eval.py and train.py alike,
+# and the default at scale=paper; scale=tiny stays on the fast batched default.
+OFFICIAL = {"mode": "official", "batch_size": 1, "dtype": "float16", "max_new_tokens": None, "submissions": True}
+
+
+def _is_official(ev) -> bool:
+    return ({k: ev.get(k) for k in OFFICIAL} == OFFICIAL and ev.benchmark_options.vqav2.split == "test-dev"
+            and ev.benchmark_options.vizwiz.split == "test")
+
+
+@pytest.mark.parametrize("entry", ["eval", "train"])
+def test_eval_official_selects_the_official_preset_on_the_command_line(entry):
+    import subprocess
+    import sys
+
+    extra = ["checkpoint=/models/m"] if entry == "eval" else []
+    res = subprocess.run([sys.executable, f"{entry}.py", *extra, "eval=official", "--cfg", "job", "--package", "eval"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from omegaconf import OmegaConf
+
+    ev = OmegaConf.create(res.stdout)  # the `eval` package printed as its own document
+    assert _is_official(ev)
+    assert ev.synthetic_benchmarks is not None  # scale=tiny: the twins, now with their test-dev / test splits
+
+
+@pytest.mark.parametrize("scale,official", [("paper", True), ("tiny", False)])
+def test_paper_scale_evaluates_officially_and_tiny_stays_fast(scale, official):
+    from conftest import compose_train
+
+    for cfg in (compose_eval("checkpoint=/m", f"scale={scale}"), compose_train("paths.output_dir=/tmp/x", scale=scale)):
+        assert _is_official(cfg.eval) is official
+        if not official:
+            assert cfg.eval.mode == "fast" and cfg.eval.batch_size == 16
+
+
+def test_the_fast_mode_stays_available_at_paper_scale():
+    ev = compose_eval("checkpoint=/m", "scale=paper", "eval=default").eval
+    assert ev.mode == "fast" and ev.batch_size == 16 and ev.synthetic_benchmarks is None

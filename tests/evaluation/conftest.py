@@ -1,4 +1,5 @@
-"""Fixtures for the evaluation tests: LLaVA's eval samples (tests/fixtures) and small file writers."""
+"""Fixtures for the evaluation tests: LLaVA's eval samples (tests/fixtures), small file writers, a tiny model
+folder."""
 
 from __future__ import annotations
 
@@ -57,3 +58,22 @@ def answer(question_id: Any, text: str, prompt: str = "q", **extra: Any) -> dict
 @pytest.fixture
 def make_answer() -> Callable[..., dict[str, Any]]:
     return answer
+
+
+MODEL_SPEC = {"model": {"vision": None, "connector": {"name": "mlp2x_gelu"}, "llm": None, "max_length": 512},
+              "template": "vicuna_v1", "image_aspect_ratio": "pad", "max_length": 512}
+
+
+@pytest.fixture
+def model_folder(tiny_tokenizer, tmp_path) -> Path:
+    """A tiny random model saved as ``train.py`` saves one: ``<tmp>/run/finetune/model``."""
+    import torch
+    from conftest import TINY_LLM, TINY_VISION
+
+    from lmm.models.build import build_llava
+    from lmm.models.checkpoint import save_model_dir
+
+    torch.manual_seed(0)
+    model = build_llava(TINY_VISION, {"name": "mlp2x_gelu"}, TINY_LLM, 512, tiny_tokenizer)
+    spec = {**MODEL_SPEC, "model": {**MODEL_SPEC["model"], "vision": TINY_VISION, "llm": TINY_LLM}}
+    return save_model_dir(model, tiny_tokenizer, spec, tmp_path / "run" / "finetune" / "model")

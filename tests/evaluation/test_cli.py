@@ -133,7 +133,7 @@ def test_convert(capsys, tmp_path, write_jsonl, make_answer):
         "--output",
         tmp_path / "up/vqav2.json",
     )
-    assert code == 0 and out["n_missing"] == 1 and out["n_unparsable"] == 1 and "skipped" in err
+    assert code == 0 and out["n_blank"] == 1 and out["n_unparsable"] == 1 and "skipped" in err
     assert json.loads((tmp_path / "up/vqav2.json").read_text()) == [
         {"question_id": 1, "answer": "2"},
         {"question_id": 2, "answer": ""},

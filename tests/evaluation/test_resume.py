@@ -5,31 +5,18 @@ a clean run's answers; a failed evaluation ends its MLflow run FAILED, never RUN
 import json
 
 import pytest
-import torch
-from conftest import REPO, TINY_LLM, TINY_VISION
+from conftest import REPO
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from lmm.evaluation.benchmarks.base import QuestionImageError
 from lmm.evaluation.partial import ANSWERS, KEY, PARTIAL, PARTIAL_KEY
 from lmm.evaluation.run import run_eval
-from lmm.models.build import build_llava
-from lmm.models.checkpoint import save_model_dir
 from lmm.synth.benchmarks import write_synthetic_benchmarks
-
-SPEC = {"model": {"vision": TINY_VISION, "connector": {"name": "mlp2x_gelu"}, "llm": TINY_LLM, "max_length": 512},
-        "template": "vicuna_v1", "image_aspect_ratio": "pad", "max_length": 512}
-
-
-@pytest.fixture
-def model_folder(tiny_tokenizer, tmp_path):
-    torch.manual_seed(0)
-    model = build_llava(TINY_VISION, {"name": "mlp2x_gelu"}, TINY_LLM, 512, tiny_tokenizer)
-    return save_model_dir(model, tiny_tokenizer, SPEC, tmp_path / "run" / "finetune" / "model")
 
 
 def _cfg(data_root, store, **changes):
-    cfg = OmegaConf.load(REPO / "conf" / "evaluation" / "default.yaml")
+    cfg = OmegaConf.load(REPO / "conf" / "eval" / "default.yaml")
     return OmegaConf.merge(cfg, {"data_root": str(data_root), "benchmarks": ["gqa"], "batch_size": 1,
                                  "max_new_tokens": 3, "device": "cpu", "tracking_uri": store, **changes})
 

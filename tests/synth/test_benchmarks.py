@@ -331,3 +331,25 @@ def test_any_size_and_count(tmp_path):
     image = get_benchmark("textvqa").questions(big)[0].load_image()
     assert max(image.size) == 336
     assert len(get_benchmark("mme").questions(big)) == 2 * 2 * 10
+
+
+def test_the_test_splits_are_in_the_official_layout(root):
+    """eval=official runs VQAv2 test-dev and VizWiz test offline on the twins (issue 22 item 2): the twins hold the
+    files of the official releases beside LLaVA's question JSONL — VQAv2's test2015 / test-dev question files
+    (``v2_OpenEnded_mscoco_<split>_questions.json``, test-dev a subset of test2015) and VizWiz's ``test.json``
+    (``[{image, question}]``, the order of ``llava_test.jsonl``) — with every image in place."""
+    test2015 = jsonl(root / "vqav2/llava_vqav2_mscoco_test2015.jsonl")
+    test_dev = jsonl(root / "vqav2/llava_vqav2_mscoco_test-dev2015.jsonl")
+    assert test_dev and len(test_dev) < len(test2015) and all(row in test2015 for row in test_dev)
+    for split, rows in (("test2015", test2015), ("test-dev2015", test_dev)):
+        official = read(root / f"vqav2/v2_OpenEnded_mscoco_{split}_questions.json")
+        assert official["data_subtype"] == split and official["task_type"] == "Open-Ended"
+        assert [(q["question_id"], f"COCO_test2015_{q['image_id']:012d}.jpg", q["question"] + SHORT_ANSWER_SUFFIX)
+                for q in official["questions"]] == [(r["question_id"], r["image"], r["text"]) for r in rows]
+    assert all((root / "vqav2/test2015" / r["image"]).is_file() for r in test2015)
+    vizwiz = read(root / "vizwiz/test.json")
+    llava = jsonl(root / "vizwiz/llava_test.jsonl")
+    assert [set(item) for item in vizwiz] == [{"image", "question"}] * len(llava)
+    assert [(i, v["image"], v["question"] + VIZWIZ_SUFFIX) for i, v in enumerate(vizwiz)] == \
+        [(r["question_id"], r["image"], r["text"]) for r in llava]
+    assert all((root / "vizwiz/test" / v["image"]).is_file() for v in vizwiz)

@@ -127,7 +127,8 @@ def test_runs_are_read_back_with_twin_flags_and_without_double_counting(report):
 
 def test_report_puts_the_paper_beside_ours(report):
     _, _, text = report
-    assert "Tiny-scale twins" in text and "not comparable" in text
+    warning = _line(text, "> **Not comparable to the paper (rows marked †).**")
+    assert "tiny-scale twins" in warning and "`row0_llava †`: tiny twin model" in warning
     row7 = _line(text, "| row7_gqa |")
     assert "| 61.0 ± 1.4 (n=2) / 62.0* |" in row7         # GQA: mean ± sample std, paper, seen mark
     assert "| 1450.0 ± 70.7 (n=2) / 1469.2 |" in row7 and "| 30.0 / 30.7 |" in row7

@@ -2,8 +2,9 @@
 
     score   BENCH --predictions answers.jsonl --data-root playground/data/eval [--judgments F ...] [--split S]
     judge   {llava_wild,mmvet} --predictions answers.jsonl --data-root DIR --base-url URL --model NAME --output F
-    convert {vqav2,vizwiz,gqa,seed,mmvet} --predictions answers.jsonl --data-root DIR --output F
-            (F is written atomically and may not be the predictions file)
+    convert {vqav2,vizwiz,gqa,mmbench,mmbench_cn,seed,mmvet} --predictions answers.jsonl --data-root DIR --output F
+            (the official file of LLaVA's scripts/convert_*.py; F is written atomically and may not be the
+            predictions file)
 
 ``score`` prints one JSON object on stdout (warnings go to stderr). Exit codes: 0 ok, 2 error (missing files,
 malformed predictions, judge failure), 3 skipped (a judge-scored benchmark without judgments).
@@ -19,17 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmm.common import atomic_write
 from lmm.evaluation.answers import PredictionsError, read_predictions
 from lmm.evaluation.benchmarks import BENCHMARKS, BenchmarkDataError, JudgeNotConfiguredError, get_benchmark
-from lmm.evaluation.benchmarks.base import read_json, warn_stderr
-from lmm.evaluation.benchmarks.gqa import gqa_prediction
-from lmm.evaluation.benchmarks.mmvet import mmvet_key
-from lmm.evaluation.benchmarks.seed import SEED, convert_seed_for_submission
+from lmm.evaluation.benchmarks.base import warn_stderr
 from lmm.evaluation.judge import JudgeConfig, JudgeError, judge_file
+from lmm.evaluation.submission import SUBMISSIONS, write_submission
 
 JUDGED = ("llava_wild", "mmvet")
-CONVERTIBLE = ("vqav2", "vizwiz", "gqa", "seed", "mmvet")
+CONVERTIBLE = tuple(SUBMISSIONS)
 EXIT_ERROR, EXIT_SKIPPED = 2, 3
 
 
@@ -126,22 +124,7 @@ def _convert(args: argparse.Namespace) -> dict[str, Any]:
             raise PredictionsError(predictions.describe_unparsable())
         warn_stderr([predictions.describe_unparsable() + " (skipped, as the official converter does)"])
     result["n_unparsable"] = predictions.n_unparsable
-    if args.benchmark == "vqav2":
-        data, result["n_missing"] = bench.submission(records, args.data_root)
-    elif args.benchmark == "vizwiz":
-        data = bench.submission(records, args.data_root)
-    elif args.benchmark == "gqa":
-        data = [{"questionId": r["question_id"], "prediction": gqa_prediction(r["text"])} for r in records]
-    elif args.benchmark == "mmvet":
-        data = {mmvet_key(r["question_id"]): r["text"] for r in records}
-    else:
-        data = convert_seed_for_submission(records, read_json(args.data_root / SEED.GT_FILE)["questions"])
-    with atomic_write(args.output) as handle:
-        if args.benchmark == "seed":
-            handle.writelines(json.dumps(row) + "\n" for row in data)
-        else:
-            json.dump(data, handle, indent=2 if args.benchmark == "mmvet" else None)
-    result["n_written"] = len(data)
+    result.update(write_submission(bench, records, args.data_root, args.output))
     return result
 
 

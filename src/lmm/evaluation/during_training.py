@@ -8,6 +8,13 @@ from lmm.evaluation.benchmarks import get_benchmark
 from lmm.evaluation.generate import answer_questions
 
 
+def local_benchmark(name: str, options: dict | None = None):
+    """Benchmark ``name`` with its ``options``, on a split scored here: a split whose ground truth only a server
+    holds (VQAv2 test-dev, VizWiz test under ``eval=official``) becomes val, so the epoch ends with a number."""
+    bench = get_benchmark(name).with_options(**dict((options or {}).get(name) or {}))
+    return bench.with_options(split="val") if bench.scored_on else bench
+
+
 class BenchmarkDuringTraining(L.Callback):
     """Optional: answer and score small benchmarks (e.g. the synthetic twins, or a trimmed local copy of the real
     files) every ``every_n_epochs`` during training, logged to the stage's run as ``val/<bench>/score``."""
@@ -26,7 +33,7 @@ class BenchmarkDuringTraining(L.Callback):
         model.eval()
         try:
             for name in self.benchmarks:
-                bench = get_benchmark(name).with_options(**dict(self.options.get(name) or {}))
+                bench = local_benchmark(name, self.options)
                 questions = bench.questions(self.data_root)
                 answers = answer_questions(model, self.tokenizer, self.template, questions, self.transform,
                                            bench.max_new_tokens, self.batch_size)

@@ -2,6 +2,12 @@
 official-exact scorers, and log everything to MLflow (a child run of the training run when it lands in the
 training run's store; :func:`tracking_uri_for`).
 
+A split whose ground truth only a server holds (VQAv2 test-dev, VizWiz test: ``eval=official``) is not scored
+here: its submission file is written (:mod:`lmm.evaluation.submission`) and its result says ``split``,
+``submission`` and where to score it, with no number. ``eval.submissions`` writes the official files of the
+locally scored benchmarks too (GQA, MMBench, SEED). The run records the split of every benchmark (``split.<bench>``
+tags) and whether its benchmark files were the synthetic twins (``benchmark_data`` tag: synthetic / real / mixed).
+
 Answers are written as they come and resumed by a re-run with the same settings (:mod:`lmm.evaluation.partial`);
 a missing or corrupt image stops the evaluation with the benchmark, question and file, the answers before it kept.
 A failed evaluation ends its MLflow run FAILED (KILLED when interrupted), never RUNNING."""
@@ -22,10 +28,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.hd_cells import image_transform_for
+from lmm.evaluation.answers import read_predictions
 from lmm.evaluation.benchmarks import get_benchmark
 from lmm.evaluation.benchmarks.base import QuestionImageError
 from lmm.evaluation.generate import answer_questions
 from lmm.evaluation.partial import PARTIAL, AnswerLog, answer_key
+from lmm.evaluation.submission import SUBMISSIONS, submission_path, write_submission
 from lmm.models.checkpoint import load_model_dir
 from lmm.text.templates import get_template
 from lmm.tracking.mlflow import ensure_store, flatten, git_sha, run_label
@@ -72,7 +80,7 @@ class EvalRun:
 
 
 def run_eval(cfg: DictConfig, checkpoint: str | Path, output_dir: str | Path) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` with the settings of an ``evaluation`` config node (conf/evaluation/default.yaml);
+    """Evaluate ``checkpoint`` with the settings of an ``eval`` config node (conf/eval/default.yaml, official.yaml);
     its benchmark files must exist (synthetic ones are written by :func:`lmm.synth.world.prepare_eval`). When
     anything fails, the MLflow run ends FAILED (KILLED on an interrupt) with the error as its ``error`` tag."""
     ev, spec = load_for_eval(cfg, checkpoint, output_dir)
@@ -137,16 +145,26 @@ def open_run(ev: EvalRun, spec: dict) -> None:
     ev.parent = spec.get("mlflow_run_id") if recorded and ev.tracking_uri == recorded else None
     exp_id = ensure_store(ev.tracking_uri, cfg.experiment_name)
     tags = {**(spec.get("tags") or {}), **(cfg.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"], "git_sha": git_sha(),
-            "template": ev.template.name}
+            "template": ev.template.name, "benchmark_data": benchmark_data(cfg)}
     if ev.parent:
         tags["mlflow.parentRunId"] = ev.parent
         tags["train_run_id"] = ev.parent
     ev.run_id = client.create_run(exp_id, tags=tags, run_name=f"{run_label(tags, ev.model_id)}-eval").info.run_id
+    synthetic = cfg.get("synthetic_benchmarks")
     params = {"benchmarks": ",".join(cfg.benchmarks), "batch_size": cfg.batch_size, "limit": cfg.limit,
               "checkpoint": spec["model_dir"], "data_root": str(cfg.data_root), "decoding": "greedy",
-              "dtype": cfg.get("dtype") or str(next(ev.model.parameters()).dtype).replace("torch.", "")}
+              "dtype": cfg.get("dtype") or str(next(ev.model.parameters()).dtype).replace("torch.", ""),
+              "mode": cfg.get("mode") or "fast",
+              "synthetic_benchmarks": json.dumps(OmegaConf.to_container(synthetic) if synthetic else None)}
     for k, v in params.items():
         client.log_param(ev.run_id, k, "" if v is None else v)
+
+
+def benchmark_data(cfg: DictConfig) -> str:
+    """``synthetic`` when every benchmark's files are a synthetic twin (:meth:`Benchmark.is_synthetic`), ``real``
+    when none is, ``mixed`` otherwise: whether the numbers can stand beside the paper's."""
+    synthetic = {get_benchmark(name).is_synthetic(cfg.data_root) for name in cfg.benchmarks}
+    return "mixed" if len(synthetic) > 1 else "synthetic" if True in synthetic else "real"
 
 
 def _answer_log(ev: EvalRun, name: str, questions: list, max_new_tokens: int) -> AnswerLog:
@@ -190,7 +208,7 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
             "remaining questions are generated") from e
     seconds = time.perf_counter() - t0
     ans_path = answers_log.finish()
-    scores = score_answers(cfg, bench, name, ans_path, ev.out_dir)
+    scores = score_answers(cfg, bench, name, ans_path, ev.out_dir, ev.model_id)
     scores["n_resumed"] = len(kept)
     if new:
         scores["answers_per_s"] = len(new) / max(seconds, 1e-9)
@@ -199,6 +217,8 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
         client.log_metric(ev.run_id, f"eval/{name}/{k}", v)
     client.log_artifact(ev.run_id, str(ans_path), f"eval/{name}")
     client.log_artifact(ev.run_id, str(ev.out_dir / name / "scores.json"), f"eval/{name}")
+    if scores.get("submission"):
+        client.log_artifact(ev.run_id, scores["submission"], f"eval/{name}")
     if isinstance(scores.get("split"), str):  # which split the number comes from (VQAv2 / VizWiz: val or test-dev)
         for run in (ev.run_id, ev.parent) if ev.parent else (ev.run_id,):
             client.set_tag(run, f"split.{name}", scores["split"])
@@ -212,9 +232,11 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
     return scores
 
 
-def score_answers(cfg: DictConfig, bench, name: str, ans_path: Path, out_dir: Path) -> dict[str, Any]:
+def score_answers(cfg: DictConfig, bench, name: str, ans_path: Path, out_dir: Path,
+                  model_id: str = "lmm") -> dict[str, Any]:
     """The official score of an answer file (with the judge's verdicts for a judged benchmark); with ``limit``
-    nothing is scored (official scoring needs every question)."""
+    nothing is scored (official scoring needs every question). A split scored on a server gets its submission file
+    instead of a number; with ``submissions`` a locally scored benchmark's official file is written too."""
     if bench.needs_judge:
         from lmm.evaluation.judge import run_judge
 
@@ -223,4 +245,21 @@ def score_answers(cfg: DictConfig, bench, name: str, ans_path: Path, out_dir: Pa
         return bench.score(ans_path, cfg.data_root, judgments=judgments)
     if cfg.limit:
         return {"note": "limit set: answers written, not scored (official scoring needs every question)"}
-    return bench.score(ans_path, cfg.data_root)
+    if bench.scored_on:
+        return server_submission(bench, name, ans_path, cfg.data_root, submission_path(name, out_dir / name, model_id))
+    scores = bench.score(ans_path, cfg.data_root)
+    if cfg.get("submissions") and name in SUBMISSIONS:
+        upload = submission_path(name, out_dir / name, model_id)
+        write_submission(bench, read_predictions(ans_path).records, cfg.data_root, upload)
+        scores["submission"] = str(upload)
+    return scores
+
+
+def server_submission(bench, name: str, ans_path: Path, data_root, upload: Path) -> dict[str, Any]:
+    """The result of a split whose ground truth only ``bench.scored_on`` holds: its submission file, no score."""
+    answers = read_predictions(ans_path)
+    counts = write_submission(bench, answers.records, data_root, upload)
+    return {"benchmark": name, "split": bench.split, "submission": str(upload), "scored_on": bench.scored_on,
+            "note": f"score on {bench.scored_on}: upload {upload} to the {name} {bench.split} challenge (its ground "
+                    "truth is not public)", "n_questions": len(answers.records),
+            "n_unparsable": answers.n_unparsable, **counts, "warnings": []}

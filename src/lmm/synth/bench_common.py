@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmm.evaluation.benchmarks.base import SYNTHETIC_MARKER
 from lmm.synth.scenes import SHAPES, Obj, Scene, make_scene, render
 from lmm.text import prompts
 
@@ -27,7 +28,7 @@ LETTERS = "ABCDE"
 CORNERS = {"circle": 0, "square": 4, "triangle": 3}
 NUMBER_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 ASPECTS = (1.0, 4 / 3, 3 / 4)
-MARKER = ".lmm-synthetic"
+MARKER = SYNTHETIC_MARKER  # how lmm.evaluation tells a twin from real files (the run's `benchmark_data` tag)
 
 
 @dataclass(frozen=True)

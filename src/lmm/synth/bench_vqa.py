@@ -53,9 +53,11 @@ VQA_KINDS = ("color", "count", "presence")
 
 def write_vqav2(b: Build) -> None:
     """Local-scoring val split in the official VQA files (``v2_OpenEnded_mscoco_val2014_questions.json``,
-    ``v2_mscoco_val2014_annotations.json`` with 10 answers per question, ``val2014/``) and LLaVA's test files
-    (``llava_vqav2_mscoco_test2015.jsonl`` and its test-dev subset, ``test2015/``). Per val image: a colour, a
-    count and a presence question (yes on even images, no on odd ones)."""
+    ``v2_mscoco_val2014_annotations.json`` with 10 answers per question, ``val2014/``) and the test split as
+    released (``v2_OpenEnded_mscoco_{test2015,test-dev2015}_questions.json``, ``test2015/``) with LLaVA's question
+    files of it (``llava_vqav2_mscoco_test2015.jsonl``, which the EvalAI file covers, and its test-dev subset, which
+    eval=official answers). Per image: a colour, a count and a presence question (yes on even images, no on odd
+    ones)."""
     rng = b.rng("val")
     official, annotations = [], []
     for k in range(b.n_images):
@@ -81,31 +83,19 @@ def write_vqav2(b: Build) -> None:
                     "question_id": qid,
                 }
             )
-    info = {"description": "Synthetic twin of VQA v2 (procedural scenes)", "version": "2.0", "year": 2017}
-    license_ = {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}
-    b.json(
-        VQAv2.OFFICIAL_VAL_QUESTIONS,
-        {
-            "info": info,
-            "task_type": "Open-Ended",
-            "data_type": "mscoco",
-            "license": license_,
-            "data_subtype": "val2014",
-            "questions": official,
-        },
-    )
+    b.json(VQAv2.OFFICIAL_VAL_QUESTIONS, _vqa_questions_file("val2014", official))
     b.json(
         VQAv2.VAL_ANNOTATIONS,
         {
-            "info": info,
-            "license": license_,
+            "info": VQA_INFO,
+            "license": VQA_LICENSE,
             "data_subtype": "val2014",
             "annotations": annotations,
             "data_type": "mscoco",
         },
     )
     rng = b.rng("test")
-    test, test_dev = [], []
+    test, test_dev, official_test, official_dev = [], [], [], []
     for k in range(max(2, b.n_images // 2)):
         yes = k % 2 == 0
         scene = scene_where(rng, lambda s, yes=yes: yes or bool(absent_shapes(s)))
@@ -120,11 +110,27 @@ def write_vqav2(b: Build) -> None:
                 "text": question + SHORT_ANSWER,
                 "category": "default",
             }
+            official = {"image_id": image_id, "question": question, "question_id": row["question_id"]}
             test.append(row)
+            official_test.append(official)
             if k % 2 == 0:  # test-dev is a subset of test2015
                 test_dev.append(row)
+                official_dev.append(official)
     b.jsonl(VQAv2.TEST_QUESTIONS, test)
     b.jsonl(VQAv2.QUESTION_FILES["test-dev"], test_dev)
+    b.json("vqav2/v2_OpenEnded_mscoco_test2015_questions.json", _vqa_questions_file("test2015", official_test))
+    b.json("vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json",
+           _vqa_questions_file("test-dev2015", official_dev))
+
+
+VQA_INFO = {"description": "Synthetic twin of VQA v2 (procedural scenes)", "version": "2.0", "year": 2017}
+VQA_LICENSE = {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}
+
+
+def _vqa_questions_file(subtype: str, questions: list[dict]) -> dict:
+    """An official VQA question file (``v2_OpenEnded_mscoco_<subtype>_questions.json``)."""
+    return {"info": VQA_INFO, "task_type": "Open-Ended", "data_type": "mscoco", "license": VQA_LICENSE,
+            "data_subtype": subtype, "questions": questions}
 
 
 VIZWIZ_KINDS = ("color", "count", "presence", "unanswerable")
@@ -132,11 +138,12 @@ VIZWIZ_KINDS = ("color", "count", "presence", "unanswerable")
 
 def write_vizwiz(b: Build) -> None:
     """Local-scoring ``val.json`` (official format: 10 answers, ``answer_type``, ``answerable``) with
-    ``val/``, and LLaVA's ``llava_test.jsonl`` with ``test/``. One question per image, a quarter unanswerable
+    ``val/``, and the test split as released (``test.json``: ``[{image, question}]``, ``test/``) with LLaVA's
+    ``llava_test.jsonl`` of it (``question_id`` = position). One question per image, a quarter unanswerable
     (they ask about a shape that is not in the picture)."""
     for split in ("val", "test"):
         rng = b.rng(split)
-        val, test = [], []
+        val, test, released = [], [], []
         n = b.n_images if split == "val" else max(2, b.n_images // 2)
         for k in range(n):
             kind, yes = VIZWIZ_KINDS[k % 4], (k // 4) % 2 == 0
@@ -147,6 +154,7 @@ def write_vizwiz(b: Build) -> None:
             b.save(scene, f"vizwiz/{split}/{image}")
             question, answer, answer_type, variants = _vqa_items(scene, rng, kind, yes)
             if split == "test":
+                released.append({"image": image, "question": question})
                 test.append(
                     {
                         "question_id": k,
@@ -169,6 +177,7 @@ def write_vizwiz(b: Build) -> None:
         if split == "val":
             b.json(VizWiz.VAL_ANNOTATIONS, val)
         else:
+            b.json(VizWiz.TEST_QUESTIONS, released)
             b.jsonl(VizWiz.QUESTION_FILES["test"], test)
 
 

@@ -5,10 +5,11 @@ derivable from the pixels. ``lmm.evaluation.benchmarks`` reads and scores them e
 =============  ==========================================================================================
 benchmark      files (under ``root``)
 =============  ==========================================================================================
-vqav2          ``vqav2/``: val (official questions + annotations, 10 answers) for local scoring; LLaVA's
-               test2015 / test-dev question JSONL
+vqav2          ``vqav2/``: val (official questions + annotations, 10 answers) for local scoring; test2015 /
+               test-dev (official question files + LLaVA's question JSONL) for the EvalAI file
 gqa            ``gqa/llava_gqa_testdev_balanced.jsonl``, ``gqa/data/testdev_balanced_questions.json``
-vizwiz         ``vizwiz/val.json`` (incl. unanswerable) for local scoring; ``vizwiz/llava_test.jsonl``
+vizwiz         ``vizwiz/val.json`` (incl. unanswerable) for local scoring; ``vizwiz/test.json`` +
+               ``vizwiz/llava_test.jsonl`` for the EvalAI file
 scienceqa      ``scienceqa/llava_test_CQM-A.json``, ``problems.json``, ``pid_splits.json`` (IMG + text-only)
 textvqa        ``textvqa/llava_textvqa_val_v051_ocr.jsonl`` (OCR token line), ``TextVQA_0.5.1_val.json``
 pope           ``pope/llava_pope_test.jsonl``, ``pope/coco/coco_pope_{adversarial,popular,random}.json``
@@ -39,7 +40,7 @@ from lmm.synth.bench_yesno import write_mme, write_pope
 
 __all__ = ["BENCH_VERSION", "SYNTH_BENCHMARKS", "write_synthetic_benchmarks"]
 
-BENCH_VERSION = 1  # bump whenever a writer's output changes, so cached folders are rebuilt
+BENCH_VERSION = 2  # bump whenever a writer's output changes, so cached folders are rebuilt
 
 # benchmark name (as in lmm.evaluation.benchmarks) -> (its folder under root, writer)
 SYNTH_BENCHMARKS: dict[str, tuple[str, Callable[[Build], None]]] = {

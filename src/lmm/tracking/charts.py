@@ -44,7 +44,7 @@ def bar_charts(table: pd.DataFrame, labels: dict[str, str], out_dir: Path) -> li
             if pd.isna(p):
                 ax.text(xi + 0.2, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#666666")
         ax.set_xticks(x, [r.row_label for r in rows.itertuples()], rotation=30, ha="right", fontsize=8)
-        twin_note = "\n† tiny twin: not comparable to the paper" if rows["twin"].any() else ""
+        twin_note = "\n† twins (model or benchmarks): not comparable to the paper" if rows["twin"].any() else ""
         ax.set_title(labels.get(bench, bench) + twin_note, fontsize=10)
         ax.legend(fontsize=8)
         paths.append(_save(fig, out_dir / f"bars_{bench}.png"))

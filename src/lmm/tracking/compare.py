@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lmm.tracking import charts
-from lmm.tracking.paper import BENCHMARKS, PAPER_SPLITS, PaperResults, load_paper_results
+from lmm.tracking.paper import BENCHMARKS, PAPER_SPLITS, PaperResults, is_paper_split, load_paper_results
 from lmm.tracking.runs import (
     DEFAULT_PATTERNS,
     UNTAGGED,
@@ -34,10 +34,18 @@ from lmm.tracking.runs import (
 
 TWIN_MARK = " †"
 DASH = "–"
-TWIN_WARNING = (
-    "> **Tiny-scale twins (rows marked †).** These runs were trained with `model.twin=True`: random tiny "
-    "backbones on synthetic data. Their numbers show that the pipeline runs end to end; they are **not "
-    "comparable** to the paper's, which come from the real 7B/13B models on the real benchmarks.")
+KEYS = ["experiment", "twin", "benchmark"]
+WHY = {"model_twin": "tiny twin model", "synthetic_data": "synthetic twins of the benchmarks"}
+
+
+def twin_warning(rows: dict[str, set[str]]) -> str:
+    """The report's warning above the tables: what † means, and why each marked row is not comparable."""
+    listed = "; ".join(f"`{label}`: {', '.join(sorted(why))}" for label, why in rows.items() if why)
+    return ("> **Not comparable to the paper (rows marked †).** Their numbers come from twins: tiny-scale twins of "
+            "the backbones (`model.twin=True`, random tiny models trained on synthetic data) or the synthetic twins "
+            "of the benchmarks (the evaluation's `benchmark_data` tag). They show that the pipeline runs end to "
+            "end; the paper's come from the real 7B/13B models on the real benchmarks."
+            + (f" Rows: {listed}." if listed else ""))
 
 
 # ---------------------------------------------------------------------------------------------------- tables
@@ -48,15 +56,30 @@ def _row_order(experiments: list[str], paper: PaperResults) -> list[str]:
     return known + extra + ([UNTAGGED] if UNTAGGED in experiments else [])
 
 
-def comparison_table(runs: Runs | None, paper: PaperResults, latest: bool = False) -> pd.DataFrame:
-    """Long table, one row per (experiment row, benchmark): ours (mean, std, n) beside the paper's value.
+def _caveats(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per (experiment, twin, benchmark) of ours: the splits that are not the paper's (``other_split``, e.g.
+    ``val``) and why the scores come from twins (``why``)."""
+    rows = []
+    for key, group in scores.groupby(KEYS, dropna=False):
+        other = sorted({s for s, b in zip(group["split"], group["benchmark"]) if not is_paper_split(b, s)})
+        why = ", ".join(text for column, text in WHY.items() if group[column].any())
+        rows.append({**dict(zip(KEYS, key)), "other_split": " / ".join(other), "why": why})
+    return pd.DataFrame(rows, columns=[*KEYS, "other_split", "why"])
 
-    A row is an experiment and twin flag: every experiment of the paper file (paper-only when we have no run),
-    and every (experiment, twin) of our evaluation runs outside sweeps (sweeps have their own tables)."""
-    ours = pd.DataFrame(columns=["experiment", "twin", "benchmark", "mean", "std", "n"])
+
+def comparison_table(runs: Runs | None, paper: PaperResults, latest: bool = False) -> pd.DataFrame:
+    """Long table, one row per (experiment row, benchmark): ours (mean, std, n) beside the paper's value, and
+    whether they are ``comparable``: a real model, the real benchmark files, the paper's split.
+
+    A row is an experiment and twin flag (:func:`~lmm.tracking.runs.headline_scores`: a tiny twin model or the
+    synthetic twins of the benchmarks): every experiment of the paper file (paper-only when we have no run), and
+    every (experiment, twin) of our evaluation runs outside sweeps (sweeps have their own tables). ``other_split``
+    names the splits of ours that are not the paper's (VQAv2 / VizWiz val), ``why`` the twins a † row comes from."""
+    ours = pd.DataFrame(columns=[*KEYS, "mean", "std", "n", "other_split", "why"])
     if runs is not None:
         scores = headline_scores(runs, latest=latest)
-        ours = summarize(scores[scores["sweep"].isna()], ["experiment", "twin", "benchmark"])
+        scores = scores[scores["sweep"].isna()]
+        ours = summarize(scores, KEYS).merge(_caveats(scores), on=KEYS, how="left")
     groups = {(e, bool(t)) for e, t in zip(ours["experiment"], ours["twin"])}
     rows = []
     for order, exp in enumerate(_row_order(sorted({e for e, _ in groups}), paper)):
@@ -76,8 +99,10 @@ def comparison_table(runs: Runs | None, paper: PaperResults, latest: bool = Fals
                 })
     table = pd.DataFrame(rows)
     ours = ours.assign(twin=ours["twin"].astype(bool))
-    table = table.merge(ours, on=["experiment", "twin", "benchmark"], how="left")
+    table = table.merge(ours, on=KEYS, how="left")
     table["n"] = table["n"].fillna(0).astype(int)
+    table[["other_split", "why"]] = table[["other_split", "why"]].fillna("")
+    table["comparable"] = ~table["twin"] & (table["n"] > 0) & (table["other_split"] == "")
     return table.sort_values(["order", "twin", "bench_order"]).reset_index(drop=True)
 
 
@@ -86,13 +111,16 @@ def _num(v: float) -> str:
 
 
 def format_cell(row) -> str:
-    """``ours / paper``; ours as mean ± std (n) over several runs; ``*`` = the paper's model saw the
-    benchmark's training images, ``‡`` = derived from the paper's numbers (see the report's notes)."""
+    """``ours / paper``; ours as mean ± std (n) over several runs, followed by its split in brackets when that is
+    not the paper's (``76.0 (val)``); ``*`` = the paper's model saw the benchmark's training images, ``‡`` =
+    derived from the paper's numbers (see the report's notes)."""
     if row["n"] == 0 and pd.isna(row["paper"]):
         return ""
     ours = DASH if row["n"] == 0 else _num(row["mean"])
     if row["n"] > 1:
         ours += f" ± {_num(row['std'])} (n={row['n']})"
+    if row.get("other_split"):
+        ours += f" ({row['other_split']})"
     paper = DASH if pd.isna(row["paper"]) else _num(row["paper"])
     paper += ("*" if row["paper_seen"] else "") + ("‡" if row["paper_derived"] else "")
     return f"{ours} / {paper}"
@@ -160,7 +188,7 @@ def _text(v) -> str:
 
 
 def _group_title(exp: str, twin: bool) -> str:
-    return f"`{exp}`" + (TWIN_MARK + " (tiny twin)" if twin else "")
+    return f"`{exp}`" + (TWIN_MARK + " (twins)" if twin else "")
 
 
 def _claims(spec: dict) -> list[str]:
@@ -178,7 +206,7 @@ def split_notes(runs: Runs | None, labels: dict[str, str]) -> list[str]:
     notes = []
     for bench, theirs in PAPER_SPLITS.items():
         ours = sorted({s[bench] for s in runs.eval_runs["splits"] if isinstance(s, dict) and bench in s})
-        other = [x for x in ours if x.replace("_", "-") not in theirs]
+        other = [x for x in ours if not is_paper_split(bench, x)]
         if other:
             notes.append(f"**{labels.get(bench, bench)}**: ours on **{' / '.join(other)}**, the paper's on "
                          f"**{theirs[0]}**")
@@ -193,13 +221,15 @@ def render_report(table: pd.DataFrame, de: pd.DataFrame, lc: pd.DataFrame, runs:
     chart_paths: list[Path] = []
     n_runs, n_eval, n_stores = (0, 0, 0) if runs is None else (
         len(runs.runs), len(runs.eval_runs), len(runs.stores))
-    twin_rows = sorted(set(table.loc[table["twin"] & (table["n"] > 0), "experiment"]))
+    marked = table[table["twin"] & (table["n"] > 0)]
+    twin_rows = {label: {w for cell in group["why"] for w in cell.split(", ") if w}
+                 for label, group in marked.groupby("row_label", sort=False)}
     twin_sweeps = bool(len(de) and de["twin"].any()) or bool(len(lc) and lc["twin"].any())
     md = ["# LLaVA-1.5 reproduction: ours vs the paper", "",
           f"Generated {datetime.now():%Y-%m-%d %H:%M} from {n_runs} MLflow runs ({n_eval} evaluation "
           f"run{'' if n_eval == 1 else 's'}) in {n_stores} store(s).", ""]
     if twin_rows or twin_sweeps:
-        md += [TWIN_WARNING, ""]
+        md += [twin_warning(twin_rows), ""]
     if runs is not None and runs.problems:
         md += ["> **Stores that could not be read:** " + "; ".join(f"`{p}`" for p in runs.problems), ""]
     agg = ("the newest evaluation run" if latest
@@ -235,7 +265,7 @@ def render_report(table: pd.DataFrame, de: pd.DataFrame, lc: pd.DataFrame, runs:
             md += ["No ratio-1.0 run in this sweep: relative values cannot be computed.", ""]
         path = out_dir / f"data_efficiency_{exp}{'_twin' if twin else ''}.png"
         chart_paths.append(charts.data_efficiency_chart(rows, labels, f"Data efficiency — {exp}"
-                                                       + (TWIN_MARK + " (tiny twin)" if twin else ""), path))
+                                                       + (TWIN_MARK + " (twins)" if twin else ""), path))
         md += [f"![data efficiency]({path.name})", ""]
     md += [*_claims(paper.data_efficiency), ""]
 
@@ -246,7 +276,7 @@ def render_report(table: pd.DataFrame, de: pd.DataFrame, lc: pd.DataFrame, runs:
                    "LLM on that benchmark).", "", _md_table(_sweep_frame(rows, "variant", paper), "LLM"), ""]
             path = out_dir / f"llm_choice_{exp}{'_twin' if twin else ''}.png"
             chart_paths.append(charts.llm_choice_chart(rows, labels, f"LLM choice — {exp}"
-                                                        + (TWIN_MARK + " (tiny twin)" if twin else ""), path))
+                                                        + (TWIN_MARK + " (twins)" if twin else ""), path))
             md += [f"![LLM choice]({path.name})", ""]
         md += [*_claims(paper.llm_choice), ""]
 
@@ -256,9 +286,11 @@ def render_report(table: pd.DataFrame, de: pd.DataFrame, lc: pd.DataFrame, runs:
     chart_paths += bars
     if runs is not None and n_eval:
         ev = runs.eval_runs.sort_values("start_time")
-        md += ["## Evaluation runs", "", "| run | experiment | twin | sweep | value | started | store |",
-               "|---|---|---|---|---|---|---|"]
-        md += [f"| `{r.run_id[:12]}` | {r.experiment} | {'yes' if r.twin else 'no'} | {_text(r.sweep)} | "
+        md += ["## Evaluation runs", "",
+               "| run | experiment | twin model | benchmarks | sweep | value | started | store |",
+               "|---|---|---|---|---|---|---|---|"]
+        md += [f"| `{r.run_id[:12]}` | {r.experiment} | {'yes' if r.twin else 'no'} | "
+               f"{'synthetic' if r.synthetic_data else 'real'} | {_text(r.sweep)} | "
                f"{_text(r.sweep_value)} | {r.start_time:%Y-%m-%d %H:%M} | {r.tracking_uri} |"
                for r in ev.itertuples()] + [""]
     return "\n".join(md), chart_paths
@@ -314,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     t = out["table"]
     with_scores = t[t["n"] > 0].drop_duplicates(["experiment", "twin"])
     print(f"compare: {len(runs.runs)} runs ({len(runs.eval_runs)} evaluations) from {len(stores)} store(s); "
-          f"{len(with_scores)} experiment rows with scores ({int(with_scores['twin'].sum())} tiny twins)")
+          f"{len(with_scores)} experiment rows with scores ({int(with_scores['twin'].sum())} from twins: not "
+          "comparable)")
     print(f"report: {out['report']}")
     for p in out["charts"]:
         print(f"chart: {p}")

@@ -18,6 +18,12 @@ POPE_SPLITS = ("pope_rand", "pope_pop", "pope_adv")
 PAPER_SPLITS = {"vqav2": ("test-dev",), "vizwiz": ("test-dev", "test")}
 
 
+def is_paper_split(bench: str, split: str | None) -> bool:
+    """Whether a score of ours on ``split`` of ``bench`` is on the paper's split (a benchmark with one split, or a
+    run that names none, is)."""
+    return split is None or bench not in PAPER_SPLITS or split.replace("_", "-") in PAPER_SPLITS[bench]
+
+
 def default_paper_file() -> Path:
     """``experiments/paper_results.yaml`` of the working directory, else of this package's checkout."""
     here = Path.cwd() / "experiments" / "paper_results.yaml"

@@ -4,8 +4,9 @@ What is read (written by lmm.training.run and lmm.evaluation.run): experiment ``
 one per stage, tagged ``stage``, ``experiment``, ``paper_table``, ``paper_row``, ``run_group``, ``git_sha``
 and, in sweeps, ``sweep`` / ``sweep.key`` / ``sweep.value``, with the resolved config as params
 (``model.twin``, ``seed``, …); evaluation runs tagged ``kind=eval`` with the same experiment / sweep tags,
-``mlflow.parentRunId`` = the finetune run, and metrics ``eval/<bench>/score`` (headline, paper units) plus
-``eval/<bench>/<sub-score>``.
+``mlflow.parentRunId`` = the finetune run, ``benchmark_data`` (``synthetic`` / ``real`` / ``mixed``: whether the
+benchmark files were the synthetic twins) and ``split.<bench>`` (VQAv2 / VizWiz: val, test-dev, test), and metrics
+``eval/<bench>/score`` (headline, paper units) plus ``eval/<bench>/<sub-score>``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DEFAULT_PATTERNS = ("mlflow.db", "outputs/*/mlflow.db", "multirun/*/mlflow.db") 
 UNTAGGED = "(untagged)"
 RUN_COLUMNS = ["run_id", "tracking_uri", "run_name", "status", "start_time", "kind", "stage", "experiment",
                "paper_table", "paper_row", "sweep", "sweep_key", "sweep_value", "run_group", "git_sha",
-               "twin", "seed", "parent_run_id", "splits"]
+               "twin", "seed", "parent_run_id", "splits", "synthetic_data"]
 SCORE_COLUMNS = ["run_id", "benchmark", "metric", "value"]
 
 
@@ -73,6 +74,19 @@ def _twin_from_checkpoint(checkpoint: str | None) -> bool | None:
     except (OSError, yaml.YAMLError):
         return None
     return _truthy((spec.get("model") or {}).get("twin"))
+
+
+def _synthetic_data(tags: dict, params: dict) -> bool | None:
+    """Whether an evaluation scored the synthetic twins of the benchmarks: its ``benchmark_data`` tag (anything but
+    ``real``), else (runs from before the tag) its ``synthetic_benchmarks`` param, else a ``data_root`` under a
+    ``synthetic`` folder (the twins' cache, ``$LMM_CACHE/synthetic/eval``); None when the run does not say."""
+    recorded = tags.get("benchmark_data")
+    if recorded:
+        return recorded != "real"
+    if params.get("synthetic_benchmarks") not in (None, "", "null", "None"):
+        return True
+    root = params.get("data_root")
+    return "synthetic" in Path(root).parts if root else None
 
 
 def store_uri(path_or_uri: str) -> str:
@@ -135,6 +149,7 @@ def collect_runs(tracking_uris: Sequence[str], experiment_name: str = "lmm") -> 
                 "git_sha": tags.get("git_sha"), "twin": twin, "seed": params.get("seed"),
                 "parent_run_id": tags.get("mlflow.parentRunId"), "merged_from": tags.get("lmm.merged_from"),
                 "splits": {k[6:]: v for k, v in tags.items() if k.startswith("split.")},
+                "synthetic_data": bool(_synthetic_data(tags, params)) if kind == "eval" else False,
             }
             scores.extend(_score_rows(rid, run.data.metrics))
     if not records:
@@ -156,16 +171,23 @@ def collect_runs(tracking_uris: Sequence[str], experiment_name: str = "lmm") -> 
 
 
 def headline_scores(runs: Runs, latest: bool = False) -> pd.DataFrame:
-    """One row per (evaluation run, benchmark) headline score, with the run's experiment / sweep / twin.
+    """One row per (evaluation run, benchmark) headline score, with the run's experiment / sweep / twin flag and
+    the benchmark's ``split`` (None where the run does not name one).
 
-    Training runs also carry ``eval/<bench>/score`` (copied there by eval.py); only evaluation runs count, so
-    no score is counted twice. ``latest``: keep only the newest evaluation of each experiment (and sweep
-    value).
+    ``twin`` here is whether the score comes from twins, so that it cannot stand beside the paper's: a tiny twin
+    model (``model_twin``) or the synthetic twins of the benchmarks (``synthetic_data``). Training runs also carry
+    ``eval/<bench>/score`` (copied there by eval.py); only evaluation runs count, so no score is counted twice.
+    ``latest``: keep only the newest evaluation of each experiment (and sweep value).
     """
-    ev = runs.eval_runs
-    cols = ["run_id", "experiment", "twin", "sweep", "sweep_value", "seed", "start_time", "run_group"]
+    ev = runs.eval_runs.rename(columns={"twin": "model_twin"})
+    ev = ev.assign(synthetic_data=ev["synthetic_data"].fillna(False).astype(bool))
+    ev = ev.assign(twin=ev["model_twin"].astype(bool) | ev["synthetic_data"])
+    cols = ["run_id", "experiment", "twin", "model_twin", "synthetic_data", "sweep", "sweep_value", "seed",
+            "start_time", "run_group", "splits"]
     sc = runs.scores[runs.scores["metric"] == "score"][["run_id", "benchmark", "value"]]
     out = sc.merge(ev[cols], on="run_id").rename(columns={"value": "score"})
+    split = [s.get(b) if isinstance(s, dict) else None for s, b in zip(out["splits"], out["benchmark"])]
+    out = out.drop(columns="splits").assign(split=pd.Series(split, index=out.index, dtype=object))
     if latest and not out.empty:
         keys = ["experiment", "twin", "sweep", "sweep_value", "benchmark"]
         out = (out.sort_values("start_time").groupby(keys, dropna=False, sort=False).tail(1)

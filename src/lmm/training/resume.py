@@ -13,8 +13,8 @@ the override and why: what makes Hydra call or build something (``_target_``, ``
 an interpolation ``${...}`` (resolvers can assemble such a key from parts); any key of Hydra's own
 (``hydra.searchpath`` would add a config folder from anywhere); flags (``-m``, ``--config-dir``, ...); a key with a
 ``..`` part; a config group choice that is not a plain option name (the value names the file to load); a package
-override (``group@package``) other than the project's own (``strategy@stages.<s>.strategy``, ``stage@stages.<s>``,
-``evaluation@eval``). The recorded ``hydra.run.dir``,
+override (``group@package``) other than the project's own (``strategy@stages.<s>.strategy``,
+``stage@stages.<s>``; ``eval=official`` is a plain group choice). The recorded ``hydra.run.dir``,
 ``resume`` and ``overwrite`` are dropped (the resume sets the folder and ``resume=auto`` itself)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SPECIAL = ("_target_", "_call_", "_partial_", "_args_", "_recursive_", "_convert
 REMOTE_CODE = "trust_remote_code"  # model.llm.trust_remote_code=true: transformers runs the model folder's Python
 KEY = re.compile(r"^(~|\+\+|\+)?([A-Za-z0-9_.@/-]+)$")
 OPTION = re.compile(r"^[A-Za-z0-9_.-]+$")
-PACKAGES = {"strategy": r"stages\.\w+\.strategy", "stage": r"stages\.\w+", "evaluation": r"eval"}
+PACKAGES = {"strategy": r"stages\.\w+\.strategy", "stage": r"stages\.\w+"}
 
 
 def check_override(override: str) -> str | None:
@@ -66,7 +66,7 @@ def check_override(override: str) -> str | None:
         return "a key of Hydra's own configuration (e.g. hydra.searchpath adds a config folder)"
     if package and not (group in PACKAGES and re.fullmatch(PACKAGES[group], package)):
         return ("a package override places a config file elsewhere in the config; only "
-                "strategy@stages.<s>.strategy, stage@stages.<s> and evaluation@eval are replayed")
+                "strategy@stages.<s>.strategy and stage@stages.<s> are replayed")
     if (CONF / group).is_dir() and eq and not (OPTION.match(value) and ".." not in value):
         return f"the value of config group {group} must be a plain option name (it names a file of conf/{group})"
     return _check_parsed(override)

@@ -43,6 +43,8 @@ __all__ = [
 
 SHORT_ANSWER_SUFFIX = "\n" + SHORT_ANSWER
 MULTIPLE_CHOICE_SUFFIX = "\n" + OPTION_LETTER
+# The file lmm.synth writes into every benchmark folder it builds: a folder holding it is a synthetic twin.
+SYNTHETIC_MARKER = ".lmm-synthetic"
 
 
 class BenchmarkDataError(FileNotFoundError):
@@ -243,6 +245,21 @@ class Benchmark(ABC):
     def question_file(self, data_root: str | Path) -> Path:
         """The file the questions are read from (named in errors)."""
         return Path(data_root) / self.QUESTION_FILE
+
+    @property
+    def scored_on(self) -> str | None:
+        """The server holding the ground truth of this benchmark's split (its answers become a submission file and
+        the score comes from there), or None when it is scored here."""
+        return None
+
+    def is_synthetic(self, data_root: str | Path) -> bool:
+        """Whether the benchmark's files under ``data_root`` are a synthetic twin (:data:`SYNTHETIC_MARKER` in its
+        folder, the first folder of its question file's path); False for real files or no files."""
+        try:
+            relative = self.question_file(data_root).relative_to(data_root)
+        except (BenchmarkDataError, ValueError):
+            return False
+        return bool(relative.parts) and (Path(data_root) / relative.parts[0] / SYNTHETIC_MARKER).is_file()
 
     def questions(self, data_root: str | Path) -> list[Question]:
         """All questions in the official order (image names confined to :meth:`image_dir`)."""

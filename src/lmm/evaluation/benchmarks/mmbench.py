@@ -46,6 +46,7 @@ __all__ = [
     "can_infer",
     "can_infer_option",
     "can_infer_text",
+    "convert_mmbench_for_submission",
     "read_mmbench_tsv",
 ]
 
@@ -139,6 +140,30 @@ def read_mmbench_tsv(path: Path) -> list[dict[str, str | None]]:
     return rows
 
 
+UPLOAD_DROPPED = ("hint", "category", "source", "image", "comment", "l2-category")
+
+
+def convert_mmbench_for_submission(
+    rows: Sequence[Mapping[str, str | None]], records: Sequence[Mapping[str, Any]]
+) -> tuple[list[str], list[list[Any]], int]:
+    """LLaVA's ``convert_mmbench_for_submission.py`` (the OpenCompass upload): the TSV without its ``hint``,
+    ``category``, ``source``, ``image``, ``comment`` and ``l2-category`` columns, ``prediction`` inserted as the
+    7th column and filled from the answers matched on ``index`` (the last answer of a row wins; a row without one
+    stays empty). Returns the header, the rows (``index`` as a number, as pandas reads it) and the number of rows
+    without an answer."""
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    kept = [key for key in header if key not in UPLOAD_DROPPED]
+    kept.insert(min(6, len(kept)), "prediction")
+    texts, _ = index_by(records, lambda r: int(r["question_id"]))
+    table, blank = [], 0
+    for row in rows:
+        record = texts.get(int(row["index"]))
+        blank += record is None
+        values = {**row, "index": int(row["index"]), "prediction": None if record is None else record["text"]}
+        table.append([values.get(key) for key in kept])
+    return kept, table, blank
+
+
 class MMBenchCircular(torchmetrics.Metric):
     """CircularEval accuracy (×100), overall and per ``category`` / ``l2-category`` of the main question.
     ``update(preds, answers, options, indices)`` takes raw texts, gold letters, ``{letter: text}`` per row and
@@ -211,8 +236,12 @@ class MMBench(Benchmark):
         if self.lang not in self.TSV_FILES:
             raise ValueError(f"mmbench lang must be one of {sorted(self.TSV_FILES)}, got {self.lang!r}")
 
+    def question_file(self, data_root: str | Path) -> Path:
+        """The TSV (the first of ``TSV_FILES[lang]`` that exists)."""
+        return find_file(Path(data_root), self.TSV_FILES[self.lang], f"{self.name} TSV")
+
     def rows(self, data_root: str | Path) -> list[dict[str, str | None]]:
-        return read_mmbench_tsv(find_file(Path(data_root), self.TSV_FILES[self.lang], f"{self.name} TSV"))
+        return read_mmbench_tsv(self.question_file(data_root))
 
     def questions(self, data_root: str | Path) -> list[Question]:
         rows = self.rows(data_root)

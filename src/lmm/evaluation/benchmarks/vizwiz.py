@@ -59,6 +59,8 @@ class VizWiz(SplitFiles, Benchmark):
     }
     IMAGE_FOLDERS: ClassVar[dict[str, str]] = {"test": "vizwiz/test", "val": "vizwiz/val"}
     VAL_ANNOTATIONS: ClassVar[str] = "vizwiz/val.json"
+    SERVER_SPLITS: ClassVar[dict[str, str]] = {"test": "EvalAI"}
+    TEST_QUESTIONS: ClassVar[str] = "vizwiz/test.json"  # the release's test split (llava_test.jsonl is made from it)
 
     def question_file(self, data_root: str | Path) -> Path:
         """The split's LLaVA question JSONL; for val without one, the annotation file."""

@@ -146,6 +146,11 @@ class SplitFiles:
 
     QUESTION_FILES: ClassVar[dict[str, str]] = {}
     IMAGE_FOLDERS: ClassVar[dict[str, str]] = {}
+    SERVER_SPLITS: ClassVar[dict[str, str]] = {}  # split -> the server that holds its ground truth
+
+    @property
+    def scored_on(self) -> str | None:
+        return self.SERVER_SPLITS.get(self.split)
 
     def __post_init__(self) -> None:
         if self.split not in self.QUESTION_FILES:

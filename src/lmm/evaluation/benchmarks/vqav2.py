@@ -70,6 +70,12 @@ class VQAv2(SplitFiles, Benchmark):
     OFFICIAL_VAL_QUESTIONS: ClassVar[str] = "vqav2/v2_OpenEnded_mscoco_val2014_questions.json"
     VAL_ANNOTATIONS: ClassVar[str] = "vqav2/v2_mscoco_val2014_annotations.json"
     TEST_QUESTIONS: ClassVar[str] = "vqav2/llava_vqav2_mscoco_test2015.jsonl"
+    SERVER_SPLITS: ClassVar[dict[str, str]] = {"test-dev": "EvalAI"}
+
+    @property
+    def scored_on(self) -> str | None:
+        """EvalAI for test-dev, unless an annotation file is given (then it is scored here)."""
+        return None if self.annotations else super().scored_on
 
     def question_file(self, data_root: str | Path) -> Path:
         """The split's LLaVA question JSONL; for val without one, the official question file."""
