@@ -193,12 +193,7 @@ def test_two_deepspeed_ranks_step_as_one_and_record_both_shards(tiny_model, tiny
     """Two ranks (gloo) × accumulation 2 × 5 micro-batches each = the one-process run with accumulation 4 over the
     same 10 micro-batches: 3 optimizer steps (the short last window included) and the same weights. Their
     checkpoint records both ranks' shards; without rank 1's optimizer shard it is refused, naming it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    res = subprocess.run([sys.executable, str(REPO / "tests" / "training" / "deepspeed_two_ranks.py"), str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result == {"global_step": 3, "engine_steps": 3, "world_size": 2}
+    assert two_ranks(tmp_path, 2) == {"global_step": 3, "engine_steps": 3, "world_size": 2}
     ref_model = fresh_model(tiny_model)
     ref, _ = fit(ref_model, text_batches(tiny_tokenizer, 10), "auto", tmp_path / "ref", accumulation=4)
     assert ref.global_step == 3
@@ -216,3 +211,28 @@ def test_two_deepspeed_ranks_step_as_one_and_record_both_shards(tiny_model, tiny
     with pytest.raises(ResumeError, match="rank 1's shard checkpoint/zero_pp_rank_1_mp_rank_00_optim_states.pt is "
                                           "missing"):
         validate_checkpoint(folder)
+
+
+def two_ranks(tmp_path, zero: int) -> dict:
+    """``deepspeed_two_ranks.py`` run under LLaVA's zero<zero>.json; its result.json."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, str(REPO / "tests" / "training" / "deepspeed_two_ranks.py"), str(tmp_path),
+                          str(zero)], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+@pytest.mark.long  # two processes, each importing torch + DeepSpeed (≈ 30-60 s on 2 cores): make test-long
+def test_under_zero3_rank_1_never_holds_the_whole_model(tiny_model, tiny_tokenizer, tmp_path):
+    """LLaVA's stage 2 (zero3.json) on two ranks: rank 1 builds the model on the meta device (holds_whole_model) and
+    the strategy materialises each parameter as DeepSpeed partitions it, with rank 0's values — rank 1 ends up
+    holding half the LLM, never all of it — and the training is the one-process run's (accumulation 4, same 10
+    micro-batches): 3 steps, the same weights."""
+    assert two_ranks(tmp_path, 3) == {"global_step": 3, "engine_steps": 3, "world_size": 2}
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank1["built_meta"] and not rank1["meta_left"]
+    assert rank1["llm_held"] <= rank1["llm_numel"] // 2 + 64  # its partition (padded to the world size), not all
+    ref_model = fresh_model(tiny_model)
+    fit(ref_model, text_batches(tiny_tokenizer, 10), "auto", tmp_path / "ref", accumulation=4)
+    two, one = torch.load(tmp_path / "llm.pt", weights_only=True), ref_model.llm.state_dict()
+    assert max((two[k] - one[k]).abs().max().item() for k in one) <= 1e-6

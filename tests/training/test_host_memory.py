@@ -1,7 +1,8 @@
 """Host memory: a finished stage's Trainer, module and optimizer state are gone before the next stage starts; a rank
-other than 0 builds the model on the meta device for an FSDP stage — the same names, shapes, dtypes and image
-statistics as the load gives, no weight read — and none after the last stage (the 2-rank run that receives rank
-0's weights is tests/training/test_distributed.py)."""
+other than 0 builds the model on the meta device for an FSDP or DeepSpeed ZeRO-3 stage — the same names, shapes,
+dtypes and image statistics as the load gives, no weight read — and none after the last stage (the 2-rank runs that
+receive rank 0's weights: tests/training/test_distributed.py for FSDP, tests/training/test_deepspeed_cpu.py for
+ZeRO-3)."""
 
 import weakref
 
@@ -9,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import transformers
-from conftest import TINY_LLM, TINY_VISION, compose_train
+from conftest import REPO, TINY_LLM, TINY_VISION, compose_train
 from omegaconf import OmegaConf
 
 from lmm.models.build import build_llava
@@ -62,6 +63,9 @@ def test_a_meta_model_takes_a_connector_file_and_a_stage_without_reading_weights
     assert holds_whole_model(cfg.stages.finetune, rank=1) is True  # auto / ddp replicate the model
     fsdp = OmegaConf.merge(cfg.stages.finetune, {"strategy": {"name": "fsdp"}})
     assert holds_whole_model(fsdp, rank=1) is False
+    for zero, whole in ((3, False), (2, True)):  # ZeRO-3 partitions the weights as they are materialised
+        ds = OmegaConf.create({"strategy": OmegaConf.load(REPO / "conf" / "strategy" / f"deepspeed_zero{zero}.yaml")})
+        assert holds_whole_model(ds, rank=1) is whole  # (the 2-rank ZeRO-3 run: tests/training/test_deepspeed_cpu.py)
     assert holds_whole_model(None, rank=1) is None and model_for_stage(cfg, tiny_tokenizer, [], None, 1) is None
 
 

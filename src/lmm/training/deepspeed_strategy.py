@@ -1,4 +1,5 @@
-"""Lightning's ``DeepSpeedStrategy`` with the accumulation of a DDP run and checkpoints that count when complete.
+"""Lightning's ``DeepSpeedStrategy`` with the accumulation of a DDP run, ZeRO-3 partitioned from rank 0's weights,
+and checkpoints that count when complete.
 
 **Gradient accumulation.** Lightning's closure divides each micro-batch's loss by ``accumulate_grad_batches``;
 Lightning's ``DeepSpeedStrategy`` then calls ``engine.backward(loss)``, which divides by the engine's
@@ -14,6 +15,14 @@ step (``engine.set_gradient_accumulation_boundary``, DeepSpeed's API for a calle
 engine's ``backward`` does not divide again (``scale_wrt_gas=False``), and ``engine.step()`` is called once per step.
 The update is then the one a DDP run of the same data makes (``tests/training/test_deepspeed_cpu.py``: the real
 engine, LLaVA's zero2.json and zero3.json, on the CPU; ``benchmarks/gpu_step.py --deepspeed`` on a GPU).
+
+**ZeRO-3 from rank 0's weights.** Under ZeRO-3 a rank other than 0 holds the model on the meta device
+(:mod:`lmm.training.stage_model`). Before the engine starts, every rank partitions the model itself, as the engine
+would (its parameters cast to the config's bf16 / fp16, then ``deepspeed.zero.Init(module=...)`` with the dtype and
+config the engine passes): ``Init`` broadcasts each parameter from rank 0 and keeps this rank's partition only
+(``partition_parameters.py``, ``_zero_init_param``). A meta parameter gets its storage just before its own
+broadcast, so a rank holds at most one parameter whole at a time; the buffers (never partitioned) are broadcast
+from rank 0 (:func:`partition_from_rank0`). The engine then finds the model partitioned and leaves it as it is.
 
 **Checkpoints.** Saved as DeepSpeed folders that count only once every rank's shard is written
 (:mod:`lmm.training.deepspeed_checkpoint`), and read — on resume — with ``weights_only`` loads only.
@@ -35,14 +44,16 @@ from lmm.training.deepspeed_checkpoint import (
     refused,
     weights_only_loads,
 )
+from lmm.training.same_model import check_same_model
 
 
 def deepspeed_strategy_class():
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     class LmmDeepSpeedStrategy(DeepSpeedStrategy):
-        """Lightning's DeepSpeed strategy; Lightning owns the accumulation boundary (see the module docstring), and a
-        checkpoint folder counts only when every rank's shard is complete."""
+        """Lightning's DeepSpeed strategy; Lightning owns the accumulation boundary, ZeRO-3 partitions the model
+        from rank 0's weights before the engine starts (see the module docstring), and a checkpoint folder counts
+        only when every rank's shard is complete."""
 
         @property
         def handles_gradient_accumulation(self) -> bool:
@@ -63,6 +74,12 @@ def deepspeed_strategy_class():
             # Lightning's closure has divided the loss by accumulate_grad_batches already
             kwargs["scale_wrt_gas"] = False
             return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+        def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+            if self.zero_stage_3:
+                check_same_model(model, self, "ZeRO-3")  # a meta-built rank > 0 must match rank 0's model
+                partition_from_rank0(model, self.config, self.root_device)
+            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
 
         def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any | None = None) -> None:
             if storage_options is not None:
@@ -103,3 +120,40 @@ def written_files(engine, folder: Path) -> list[Path]:
     if engine.save_zero_checkpoint:
         files.append(Path(engine._get_zero_ckpt_name(str(folder), TAG)))
     return files
+
+
+def partition_from_rank0(model, config: dict, device) -> None:
+    """Collective, before ``deepspeed.initialize`` under ZeRO-3 (see the module docstring): ``model``'s parameters
+    cast as the engine casts them and partitioned with rank 0's values, a meta parameter materialised just before
+    its broadcast; its buffers on ``device``, rank 0's."""
+    import torch
+    import torch.distributed as dist
+    from deepspeed.runtime.engine import CASTABLE_DTYPES
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    half = torch.half if (config.get("fp16") or {}).get("enabled") else None
+    dtype = torch.bfloat16 if (config.get("bf16") or {}).get("enabled") else half
+    for p in model.parameters():  # the engine's cast (DeepSpeedEngine._cast_module_mixed_precision)
+        if dtype is not None and p.dtype in CASTABLE_DTYPES and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    for mod in model.modules():  # buffers are not partitioned: whole on every rank, rank 0's
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                mod._buffers[name] = torch.empty_like(b, device=device) if b.is_meta else b.to(device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+
+    class MaterialisingInit(Init):
+        """``zero.Init`` that gives a meta parameter its storage just before broadcasting and partitioning it."""
+
+        def _convert_to_zero_parameters(self, param_list):
+            for p in param_list:
+                if p.is_meta:
+                    real = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=self.local_device),
+                                              requires_grad=p.requires_grad)
+                    real.__dict__.update(p.__dict__)
+                    torch.utils.swap_tensors(p, real)  # the same object (the optimizer holds it), now real
+                super()._convert_to_zero_parameters([p])
+
+    MaterialisingInit(module=model, dtype=next(model.parameters()).dtype, config_dict_or_path=config)

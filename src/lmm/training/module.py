@@ -92,7 +92,8 @@ class LlavaLitModule(L.LightningModule):
         ranks, every rank's shards then come from rank 0's weights (another rank may hold the model on the meta
         device only: :mod:`lmm.training.stage_model`). Then, with ``compile`` on, ``torch.compile`` each decoder
         layer of the (sharded, LoRA-wrapped) LLM in place, once."""
-        from lmm.training.strategies import check_same_model, is_fsdp, load_from_rank0, shard_fsdp
+        from lmm.training.same_model import check_same_model
+        from lmm.training.strategies import is_fsdp, load_from_rank0, shard_fsdp
 
         if self.fsdp is not None and is_fsdp(self.trainer.strategy) and not getattr(self, "_sharded", False):
             several = self.trainer.world_size > 1

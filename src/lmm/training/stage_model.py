@@ -5,14 +5,15 @@ Host memory at paper scale is set by how many ranks hold the whole model: 8 rank
 
 * **rank 0** builds the model whole (it loads the checkpoints, and saves every stage);
 * **another rank** builds it whole only for a stage that replicates it (``auto``, ``ddp``, DeepSpeed ZeRO-1/2); for
-  an FSDP stage it builds it on the meta device (shapes, no storage, no weights read) and receives rank 0's weights
-  after sharding (:func:`lmm.training.strategies.load_from_rank0`), holding its shard only; after the last stage
-  it holds nothing (rank 0 alone saves);
+  a stage that partitions the weights (:func:`partitions_weights`: FSDP, DeepSpeed ZeRO-3) it builds it on the meta
+  device (shapes, no storage, no weights read) and receives rank 0's weights as they are partitioned — FSDP after
+  sharding (:func:`lmm.training.strategies.load_from_rank0`), ZeRO-3 parameter by parameter through
+  ``deepspeed.zero.Init`` before the engine starts (:func:`lmm.training.deepspeed_strategy.partition_from_rank0`) —
+  holding its shard only; after the last stage it holds nothing (rank 0 alone saves);
 * a finished stage's Trainer, LightningModule, optimizer state (and DeepSpeed engine) are released before the next
   stage builds anything (:func:`release`).
 
-DeepSpeed ZeRO-3 still gets the whole model on every rank: its engine partitions the parameters it is given
-(docs/paper_scale.md, "Host memory").
+Rank 0 still loads the whole model: it reads the checkpoints (docs/paper_scale.md, "Host memory").
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lmm.common import plain
 from lmm.training.checkpoint_io import ResumeError
 from lmm.training.checkpointing import load_trainable_state
 from lmm.training.components import build_model
@@ -65,13 +67,22 @@ def adopt_stage(cfg: DictConfig, stage: DictConfig, model, checkpoint: str | Pat
 
 def holds_whole_model(stage: DictConfig | None, rank: int) -> bool | None:
     """Whether this rank needs the model whole for ``stage`` (None: after the last stage): True on rank 0 and for a
-    stage that replicates it, False (meta) on another rank of an FSDP stage, None (no model) on another rank after
-    the last stage."""
+    stage that replicates it, False (meta) on another rank of an FSDP or DeepSpeed ZeRO-3 stage, None (no model) on
+    another rank after the last stage."""
     if rank == 0:
         return True
     if stage is None:
         return None
-    return strategy_name(stage.get("strategy")) != "fsdp"
+    return not partitions_weights(stage.get("strategy"))
+
+
+def partitions_weights(spec) -> bool:
+    """Whether a stage's strategy shards the weights themselves: FSDP, DeepSpeed ZeRO-3."""
+    name = strategy_name(spec)
+    if name == "deepspeed":
+        node = OmegaConf.create(plain(spec)) if isinstance(spec, (dict, DictConfig)) else OmegaConf.create()
+        return OmegaConf.select(node, "config.zero_optimization.stage") == 3
+    return name == "fsdp"
 
 
 def model_for_stage(cfg: DictConfig, tokenizer, history: list[tuple[DictConfig, Path]], stage: DictConfig | None,

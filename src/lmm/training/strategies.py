@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from itertools import zip_longest
 from typing import Any
 
 import torch
@@ -29,14 +28,11 @@ from torch import nn
 
 from lmm.common import plain
 from lmm.training.rendezvous import init_process_group_on_loopback
+from lmm.training.same_model import StrategyError
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
-
-
-class StrategyError(ValueError):
-    pass
 
 
 def _spec(spec: Any) -> dict:
@@ -224,28 +220,6 @@ def shard_fsdp(model: nn.Module, mesh, spec: Any) -> int:
         fully_shard(unit, **kw)
     fully_shard(model, **kw)
     return len(units) + 1
-
-
-def model_signature(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
-    """Every parameter's and buffer's name, shape and dtype, in order."""
-    return [(n, tuple(t.shape), str(t.dtype)) for n, t in (*model.named_parameters(), *model.named_buffers())]
-
-
-def check_same_model(model: nn.Module, strategy) -> None:
-    """Collective, before sharding: every rank's model has rank 0's names, shapes and dtypes (another rank may have
-    built it on the meta device from the checkpoints' configs). Every rank raises if one differs."""
-    import torch.distributed as dist
-
-    mine = model_signature(model)
-    ref = [mine]
-    dist.broadcast_object_list(ref, src=0)
-    diff = next(((a, b) for a, b in zip_longest(ref[0], mine) if a != b), None)
-    if strategy.reduce_boolean_decision(diff is not None, all=False):
-        where = f"here {diff[1]}, on rank 0 {diff[0]}" if diff else "(another rank's differs)"
-        raise StrategyError(
-            f"rank {dist.get_rank()}'s model differs from rank 0's before FSDP sharding: {where}. A rank other than "
-            f"0 builds the model on the meta device from the checkpoints' configs (lmm.models.build.skeleton): "
-            f"report the part named here; meanwhile strategy@stages.<stage>.strategy=ddp loads it whole everywhere.")
 
 
 def load_from_rank0(model: nn.Module, state: dict | None, device) -> None:
