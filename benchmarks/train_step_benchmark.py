@@ -7,15 +7,26 @@ lengths / 9): 94 % with an image, one to six question/answer turns (questions an
 answers labelled), 6 % longer text-only conversations, batched as training batches them (LLaVA's modality-length
 grouping). Two modes: ``equal`` (every sample the same length and
 structure: nothing to gain from skipping padding) and ``mix`` (the real mix, where padding fills part of every batch).
-Reported: useful (non-pad) tokens/s of each, their ratio, and the peak memory of a step above the model (each side
-alone in a fresh process; the largest resident set during its steps minus before them). Ours trains as training
+Reported: useful (non-pad) tokens/s of each, their ratio, the median (and range) of the per-batch ratios — each batch
+timed on both sides seconds apart, so a load spike on a shared machine moves few of them — and the peak memory of a
+step above the model (each side alone in a fresh process; the largest resident set during its steps minus before
+them). Ours trains as training
 does by default: packed (``packing: auto``), timed beside ours padded on the same batches. ``--compile BACKEND``
 compiles our LLM's decoder layers as training's ``stages.<stage>.compile`` does (transformers' side stays eager); an
 untimed pass of ours over the mode's batches compiles every graph first (its time is reported): run with and without
 it to compare our step compiled and eager.
 
-    python benchmarks/train_step_benchmark.py [--modes equal mix] [--steps 6] [--batch 8] [--vocab 32000]
-                                              [--no-packing] [--compile inductor|aot_eager]
+Two shapes (``--shape toy 7b`` runs both). ``toy`` (the default: ``--hidden 256 --layers 4 --vocab 32000``, 64 image
+tokens, lengths at 1/9): at Vicuna's 32K vocabulary its LM head costs 2.5× its whole decoder, so the label-only head
+dominates the ratio — a win a 7B model, whose head is 2 % of its FLOPs, will not see. ``7b``: LLaVA-1.5-7B's
+proportions on a CPU — the LM head's FLOPs per token over the decoder's (Vicuna-7B: 32,000 × 4,096 against 32 layers
+of 4h² + 3·h·i), attention's share of a layer at the length cap (the cap / width ratio of 2,048 / 4,096 kept: 128
+tokens at width 256), the image's share of the cap (576 of 2,048 → 36 of 128) and the sample lengths at 1/16 —
+with a 250-token vocabulary so that the head stays 2 % of the decoder. Each shape prints its proportions next to the
+paper model's (read from ``conf/``).
+
+    python benchmarks/train_step_benchmark.py [--shape toy 7b] [--modes equal mix] [--steps 6] [--batch 8]
+                                              [--vocab 32000] [--no-packing] [--compile inductor|aot_eager]
 """
 
 from __future__ import annotations
@@ -27,17 +38,57 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CAP = 2048  # model.max_length (conf/train.yaml): LLaVA's --model_max_length
+# The model shapes (module docstring). scale: sample lengths at 1/scale of LLaVA-665K's; cap = 2048 / scale.
+SHAPES = {
+    "toy": dict(hidden=256, layers=4, intermediate=256 * 11 // 4, vocab=32000, image_size=56, patch=7, scale=9,
+                max_length=2048),
+    "7b": dict(hidden=256, layers=4, intermediate=round(256 * 11008 / 4096), vocab=250, image_size=42, patch=7,
+               scale=16, max_length=128),
+}
 
-def make_samples(mode: str, n: int, seed: int, vocab: int) -> list[tuple[list[int], list[int], bool]]:
-    """(input_ids with one image marker or none, labels, has_image) — LLaVA-665K's structure at 1/9 of its lengths."""
+
+def proportions(shape: dict) -> dict[str, float]:
+    """A shape's LM head / decoder FLOPs per token, attention's share of the decoder's FLOPs per token at the cap
+    (``2048 / scale`` tokens: QKᵀ and AV, ``4·h·T`` per layer, against the projections' and MLP's ``2·(4h² + 3·h·i)``),
+    and the image tokens' share of the cap."""
+    h, i, layers, cap = shape["hidden"], shape["intermediate"], shape["layers"], PAPER_CAP // shape["scale"]
+    dense = 2.0 * layers * (4 * h * h + 3 * h * i)
+    attention = 4.0 * layers * h * cap
+    return {"head_vs_decoder": 2.0 * shape["vocab"] * h / dense, "attention_share": attention / (attention + dense),
+            "image_share": (shape["image_size"] // shape["patch"]) ** 2 / cap, "cap": cap}
+
+
+def paper_proportions() -> dict[str, float]:
+    """The same for LLaVA-1.5-7B, from the configs' ``arch`` blocks (Vicuna-7B, CLIP ViT-L/14-336) and
+    ``model.max_length``."""
+    from omegaconf import OmegaConf
+
+    llm = OmegaConf.load(REPO / "conf" / "model" / "llm" / "vicuna_7b_v15.yaml").arch
+    vision = OmegaConf.load(REPO / "conf" / "model" / "vision" / "clip_vit_l14_336.yaml").arch
+    cap = int(OmegaConf.load(REPO / "conf" / "train.yaml").model.max_length)
+    assert cap == PAPER_CAP and llm.num_key_value_heads == llm.num_attention_heads
+    return proportions(dict(hidden=llm.hidden_size, intermediate=llm.intermediate_size, layers=llm.num_hidden_layers,
+                            vocab=llm.vocab_size, image_size=vision.image_size, patch=vision.patch_size, scale=1))
+
+
+def make_samples(mode: str, n: int, seed: int, vocab: int, scale: int = 9,
+                 cap: tuple[int, int] | None = None) -> list[tuple[list[int], list[int], bool]]:
+    """(input_ids with one image marker or none, labels, has_image) — LLaVA-665K's structure at 1/``scale`` of its
+    lengths (the lengths written below are at 1/9). ``cap = (max_length, image_tokens)``: a sample is cut where the
+    spliced sequence reaches ``max_length`` (LLaVA truncates at ``model_max_length``), so both sides see the same
+    tokens."""
     from lmm.text.tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
     rng = random.Random(seed)
     tok = lambda k: [rng.randrange(3, vocab - 1) for _ in range(k)]  # noqa: E731  (the last id is the image token)
+    at = lambda k: max(1, round(k * 9 / scale))  # noqa: E731  (a length at 1/9 → at 1/scale)
     out = []
     for _ in range(n):
         if mode == "equal":
@@ -47,13 +98,17 @@ def make_samples(mode: str, n: int, seed: int, vocab: int) -> list[tuple[list[in
         else:
             turns = [(rng.randint(4, 15), rng.randint(1, 25)) for _ in range(rng.choice((1, 1, 1, 2, 3, 4, 6)))]
             image = True
-        ids, labels = tok(4), [IGNORE_INDEX] * 4  # the system prompt
+        turns = [(at(q), at(a)) for q, a in turns]
+        ids, labels = tok(at(4)), [IGNORE_INDEX] * at(4)  # the system prompt
         if image:
             ids, labels = ids + [IMAGE_TOKEN_INDEX], labels + [IGNORE_INDEX]
         for q, a in turns:
             ids, labels = ids + tok(q), labels + [IGNORE_INDEX] * q
             ans = tok(a)
             ids, labels = ids + ans, labels + ans
+        if cap is not None:
+            keep = cap[0] - (cap[1] - 1 if image else 0)
+            ids, labels = ids[:keep], labels[:keep]
         out.append((ids, labels, image))
     return out
 
@@ -76,7 +131,19 @@ def batches(samples, batch: int, image_size: int, pad_id: int, seed: int):
     return out
 
 
-def build(a):
+def cap_of(shape: dict) -> tuple[int, int]:
+    return shape["max_length"], (shape["image_size"] // shape["patch"]) ** 2
+
+
+def shape_of(a, name: str) -> dict:
+    """The named shape; ``--hidden / --layers / --vocab`` resize the toy one (the 7b one keeps its proportions)."""
+    shape = dict(SHAPES[name])
+    if name == "toy":
+        shape.update(hidden=a.hidden, layers=a.layers, vocab=a.vocab, intermediate=a.hidden * 11 // 4)
+    return shape
+
+
+def build(a, shape: dict):
     import torch
 
     from lmm.interop.llava_hf import build_llava_hf
@@ -84,12 +151,13 @@ def build(a):
 
     torch.manual_seed(0)
     vision = dict(kind="hf", model_type="clip", config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                            num_attention_heads=4, image_size=56, patch_size=7))
-    llm = dict(model_type="llama", config=dict(hidden_size=a.hidden, intermediate_size=a.hidden * 11 // 4,
-                                               num_hidden_layers=a.layers, num_attention_heads=4,
-                                               num_key_value_heads=4, vocab_size=a.vocab,
+                                                            num_attention_heads=4, image_size=shape["image_size"],
+                                                            patch_size=shape["patch"]))
+    llm = dict(model_type="llama", config=dict(hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
+                                               num_hidden_layers=shape["layers"], num_attention_heads=4,
+                                               num_key_value_heads=4, vocab_size=shape["vocab"],
                                                max_position_embeddings=2048, pad_token_id=0))
-    ours = build_llava(vision, {"name": "mlp2x_gelu"}, llm, 2048).train()
+    ours = build_llava(vision, {"name": "mlp2x_gelu"}, llm, shape["max_length"]).train()
     hf = build_llava_hf(ours).train()
     if a.compile:  # after the copy: transformers' model gets plain (eager) layers
         from lmm.models.llm import compile_decoder_layers
@@ -154,10 +222,12 @@ def memory_child(a) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    ours, hf = build(a)
+    shape = shape_of(a, a.shape[0])
+    ours, hf = build(a, shape)
     fns = step_fns(ours, hf, a)
     step = fns[a.memory_child]
-    data = batches(make_samples(a.mode, a.batch * 3, 1, a.vocab), a.batch, 56, 0, 1)
+    data = batches(make_samples(a.mode, a.batch * 3, 1, shape["vocab"], shape["scale"], cap_of(shape)), a.batch,
+                   shape["image_size"], 0, 1)
     for b in data:
         fns["prepare"](b)
     step(data[0])  # optimizer state and allocator pools exist before the measured steps
@@ -177,11 +247,12 @@ def memory_child(a) -> None:
     print(json.dumps({"side": a.memory_child, "step_peak_mb": max(peak[0], rss_mb()) - before}))
 
 
-def measure_memory(a, mode: str) -> dict[str, float]:
+def measure_memory(a, mode: str, shape: str) -> dict[str, float]:
     out = {}
     for side in ("ours", "transformers"):
         cmd = [sys.executable, __file__, "--memory-child", side, "--mode", mode, "--batch", str(a.batch), "--vocab",
                str(a.vocab), "--hidden", str(a.hidden), "--layers", str(a.layers), "--threads", str(a.threads),
+               "--shape", shape,
                "--packing" if a.packing else "--no-packing", *(["--compile", a.compile] if a.compile else [])]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
         out[side] = json.loads(res.stdout.strip().splitlines()[-1])["step_peak_mb"]
@@ -190,6 +261,8 @@ def measure_memory(a, mode: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", nargs="+", default=["toy"], choices=list(SHAPES),
+                   help="toy (the figures quoted at 1/9) and/or 7b (LLaVA-1.5-7B's proportions; module docstring)")
     p.add_argument("--modes", nargs="+", default=["equal", "mix"], choices=["equal", "mix"])
     p.add_argument("--steps", type=int, default=6, help="timed steps per side and mode (after one warm-up)")
     p.add_argument("--batch", type=int, default=8)
@@ -213,20 +286,35 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    ours, hf = build(a)
+    return {name: run_shape(a, name) for name in a.shape}
+
+
+def run_shape(a, name: str) -> dict:
+    """Both sides over the modes at one shape; lines of a shape other than ``toy`` are prefixed with its name."""
+    shape = shape_of(a, name)
+    ours, hf = build(a, shape)
     steps = step_fns(ours, hf, a)
     prepare = steps.pop("prepare")
     results = {}
-    print(f"stage-2 step (forward + backward + AdamW, fp32, {a.threads} threads): LLM {a.layers}×{a.hidden}, vocab "
-          f"{a.vocab}, {ours.num_image_tokens} image tokens, micro-batch {a.batch}; ours: LM head at labelled "
+    mine, paper = proportions(shape), paper_proportions()
+    tag, label_tag = ("", "") if name == "toy" else (f"{name} ", f"{name}-proportioned ")
+    print(f"shape {name}: LM head / decoder FLOPs {100 * mine['head_vs_decoder']:.1f} % (LLaVA-1.5-7B "
+          f"{100 * paper['head_vs_decoder']:.1f} %), attention at the cap {100 * mine['attention_share']:.1f} % of the "
+          f"decoder's at {mine['cap']} tokens ({100 * paper['attention_share']:.1f} % at {paper['cap']}), image "
+          f"tokens {ours.num_image_tokens} of {mine['cap']} ({100 * mine['image_share']:.0f} %; 576 of 2048, "
+          f"{100 * paper['image_share']:.0f} %)")
+    print(f"stage-2 step (forward + backward + AdamW, fp32, {a.threads} threads): LLM {shape['layers']}×"
+          f"{shape['hidden']}, vocab {shape['vocab']}, {ours.num_image_tokens} image tokens, samples at 1/"
+          f"{shape['scale']} of LLaVA-665K's lengths, micro-batch {a.batch}; ours: LM head at labelled "
           f"positions{', packed' if a.packing else ', padded'}"
           + (f", decoder layers compiled ({a.compile})" if a.compile else ""))
     for mode in a.modes:
-        data = batches(make_samples(mode, a.batch * (a.steps + 1), 0, a.vocab), a.batch, 56, 0, 0)
+        data = batches(make_samples(mode, a.batch * (a.steps + 1), 0, shape["vocab"], shape["scale"],
+                                    cap_of(shape)), a.batch, shape["image_size"], 0, 0)
         for b in data:
             prepare(b)
         tokens, slots = {k: 0 for k in steps}, {k: 0 for k in steps}
-        seconds = {k: 0.0 for k in steps}
+        seconds, per_batch = {k: 0.0 for k in steps}, []
         compiling = time.perf_counter()
         if a.compile:  # every graph ours needs (with / without a padding mask, ...) is compiled before the timing
             for b in data:
@@ -235,31 +323,38 @@ def main(argv: list[str] | None = None) -> dict:
                         steps[side](b)
         compiling = time.perf_counter() - compiling
         for i, b in enumerate(data):
-            sides = list(steps)
+            sides, took = list(steps), {}
             for side in sides[i % len(sides):] + sides[:i % len(sides)]:  # interleaved, each side first in turn
                 t0 = time.perf_counter()
                 n, total = steps[side](b)
+                took[side] = time.perf_counter() - t0
                 if i:  # the first batch warms both up
-                    seconds[side] += time.perf_counter() - t0
+                    seconds[side] += took[side]
                     tokens[side] += n
                     slots[side] += total
+            if i:  # the same batch, seconds apart: a load spike on a shared machine moves few of these
+                per_batch.append(took["transformers"] / took["ours"])
         rate = {k: tokens[k] / seconds[k] for k in steps}
-        mem = measure_memory(a, mode) if a.memory else {}
+        mem = measure_memory(a, mode, name) if a.memory else {}
         results[mode] = {"tokens_per_s": rate, "ratio": rate["ours"] / rate["transformers"], "step_peak_mb": mem,
                          "padding_share": 1 - tokens["transformers"] / slots["transformers"]}
-        print(f"{mode}: {results[mode]['padding_share']:.0%} of the padded batches is padding; ours "
+        print(f"{tag}{mode}: {results[mode]['padding_share']:.0%} of the padded batches is padding; ours "
               f"{rate['ours']:,.0f} useful tokens/s, transformers {rate['transformers']:,.0f}"
               + (f"; step peak memory above the model: ours {mem['ours']:,.0f} MB, transformers "
                  f"{mem['transformers']:,.0f} MB" if mem else ""))
         label = "real mix" if mode == "mix" else "equal length"
-        print(f"{label}: ratio {results[mode]['ratio']:.2f}×")
+        print(f"{label_tag}{label}: ratio {results[mode]['ratio']:.2f}×")
+        per_batch.sort()
+        results[mode]["per_batch_ratio_median"] = per_batch[len(per_batch) // 2]
+        print(f"{label_tag}{label}: per-batch ratio median {per_batch[len(per_batch) // 2]:.2f}× (range "
+              f"{per_batch[0]:.2f}–{per_batch[-1]:.2f}× over {len(per_batch)} batches)")
         if "ours padded" in rate:
             results[mode]["packed_vs_padded"] = rate["ours"] / rate["ours padded"]
-            print(f"{mode}: ours packed {rate['ours']:,.0f} useful tokens/s, ours padded {rate['ours padded']:,.0f}: "
-                  f"packed vs padded {results[mode]['packed_vs_padded']:.2f}×")
+            print(f"{tag}{mode}: ours packed {rate['ours']:,.0f} useful tokens/s, ours padded "
+                  f"{rate['ours padded']:,.0f}: packed vs padded {results[mode]['packed_vs_padded']:.2f}×")
         if a.compile:
             results[mode]["compile_pass_s"] = compiling
-            print(f"{mode}: ours compiled ({a.compile}) in an untimed pass over the {len(data)} batches first: "
+            print(f"{tag}{mode}: ours compiled ({a.compile}) in an untimed pass over the {len(data)} batches first: "
                   f"{compiling:.1f} s")
     return results
 

@@ -118,7 +118,7 @@ def test_world_size_and_batch_divisibility():
     assert world_size(cfg_of("llava_v1_5_7b")) == 8                                 # devices: auto → preflight.gpus
     assert world_size(cfg_of("llava_v1_5_7b", "trainer.devices=4", "trainer.num_nodes=2")) == 8
     st = make_plan(cfg_of("llava_v1_5_7b", "preflight.gpus=16", "run_stages=[finetune]"))["stages"]["finetune"]
-    assert not st["fits"] and "not a multiple" in st["error"]                       # 128 ≠ 16 × 16 × k
+    assert "does not divide by 16 GPUs × micro batch 16" in st["error"]               # 128 ≠ 16 × 16 × k
 
 
 def test_text_tokens_are_measured_from_a_converted_manifest(tmp_path):
@@ -185,3 +185,4 @@ def test_an_on_demand_conversion_in_the_cache_is_found(tmp_path):
     assert find_manifest(data, "pretrain") is None
     src.write_text("[ ]")
     assert find_manifest(data, "finetune") is None
+

@@ -1,19 +1,21 @@
 """The pre-flight plan (``python train.py ... plan=true``): what each stage of a run will cost, before any weight is
 loaded — parameters per part, tokens per sample, steps, memory per GPU under the stage's strategy, FLOPs and time —
-and a refusal, naming Hydra overrides that fit, when a stage cannot fit the GPU.
+every candidate strategy with its memory and time and the fastest that fits, and a refusal, naming Hydra overrides
+that fit, when a stage cannot fit the GPU or its batch does not divide.
 
 The real-size model is built from the configs' ``arch`` blocks on the meta device
 (:func:`lmm.models.build.build_llava_meta`) and the stage rules are applied to it (:func:`apply_stage`, LoRA
 included), so the parameter counts are the model's own. Formulas and their sources: :mod:`lmm.training.plan_costs`;
-samples and tokens: :mod:`lmm.training.plan_data`. Assumptions (``preflight.*`` in ``conf/train.yaml``): the GPU
-model (peak bf16 TFLOP/s, memory), the world size when ``trainer.devices`` is not an int, and the utilisation that
-turns FLOPs into hours. ``preflight.mfu`` is applied to the *executed* FLOPs (activation recompute included); the
-PaLM-style MFU (model FLOPs only) is returned beside it.
+samples and tokens: :mod:`lmm.training.plan_data`; time: :mod:`lmm.training.plan_time`; the strategy search:
+:mod:`lmm.training.plan_search`; the printed table: :mod:`lmm.training.plan_report`. Assumptions (``preflight.*`` in
+``conf/train.yaml``): the GPU model (peak bf16 TFLOP/s, memory and bandwidths), the world size when
+``trainer.devices`` is not an int, and the matmul utilisation per stage (``preflight.hfu.<stage>``: the share of the
+bf16 peak at which the *executed* FLOPs run, activation recompute included) calibrated on LLaVA's reported times; the
+end-to-end MFU (model FLOPs, PaLM) and HFU the time implies are returned beside it.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,13 +23,19 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lmm.models.build import build_llava_meta
 from lmm.training import plan_costs as costs
-from lmm.training.plan_costs import GIB, GPU, ModelShape, Sharding, gpu_spec
+from lmm.training.plan_costs import GIB, GPU, ModelShape, PlanError, Sharding, gpu_spec
 from lmm.training.plan_data import stage_data, stage_steps
+from lmm.training.plan_report import format_plan
+from lmm.training.plan_search import divisors, fastest, options, run_overrides, strategy_key, suggest
+from lmm.training.plan_time import (
+    GPUS_PER_NODE,
+    INTERNODE_GBPS,
+    comm_seconds,
+    optimizer_seconds,
+    stage_hfu,
+    step_seconds,
+)
 from lmm.training.stages import apply_stage
-
-
-class PlanError(ValueError):
-    """A stage cannot run as configured (it does not fit the GPU, or its batch sizes do not divide)."""
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -56,7 +64,8 @@ def sharding_of(strategy: Any) -> tuple[Sharding, str]:
         off_p = ((z.get("offload_param") or {}).get("device") or "none") != "none"
         label = f"deepspeed ZeRO-{stage}" + (" + offload" if off_o or off_p else "")
         return Sharding("zero", zero_stage=stage, offload_optimizer=off_o, offload_params=off_p), label
-    raise ValueError(f"unknown strategy name {name!r}; known: auto, ddp, fsdp, deepspeed")
+    raise PlanError(f"stages.<stage>.strategy.name: unknown strategy {name!r}; known: auto, ddp, fsdp, deepspeed "
+                    f"(conf/strategy)")
 
 
 def checkpointing_of(cfg: DictConfig, strategy: Any) -> bool:
@@ -82,13 +91,15 @@ def param_rows(model) -> dict[str, dict[str, int]]:
     return rows
 
 
+
 def memory_gib(shape: ModelShape, sh: Sharding, world: int, micro: int, seq: int, ckpt: bool, counts: dict,
-               lora_r: int, overhead: float, images: bool) -> dict[str, float]:
-    """Per-GPU memory in GiB: model states, activations (both with and without checkpointing), logits, total."""
+               lora_r: int, overhead: float, images: bool, label_tokens: float | None = None) -> dict[str, float]:
+    """Per-GPU memory in GiB: model states, activations (both with and without checkpointing), logits (at
+    ``label_tokens`` positions per sample: training's label-only LM head; None: every position), total."""
     states = costs.states_bytes(sh, world, counts["trainable"], counts["frozen"], counts["frozen_bytes"],
                                 shape.unit_params)
     act = costs.activation_bytes(shape, micro, seq, checkpointing=ckpt, lora_r=lora_r,
-                                 image_share=1.0 if images else 0.0)
+                                 image_share=1.0 if images else 0.0, label_tokens=label_tokens)
     out = {k: v / GIB for k, v in states.items()}
     out.update(activations=(act["llm"] + act["vision"] + act["connector"]) / GIB,
                activations_ckpt=act["llm_ckpt"] / GIB, activations_no_ckpt=act["llm_no_ckpt"] / GIB,
@@ -97,196 +108,163 @@ def memory_gib(shape: ModelShape, sh: Sharding, world: int, micro: int, seq: int
     return out
 
 
-def _ladder(sh: Sharding, name: str) -> list[tuple[Sharding, str]]:
-    """The next sharding levels of a strategy, with the Hydra override that selects each."""
-    group = f"strategy@stages.{name}.strategy"
-    zero = [(Sharding("zero", zero_stage=2), f"{group}=deepspeed_zero2"),
-            (Sharding("zero", zero_stage=3), f"{group}=deepspeed_zero3")]
-    if sh.kind == "replicate":
-        return zero
-    if sh.kind == "zero":
-        return [z for z in zero if z[0].zero_stage > sh.zero_stage]
-    return [] if sh.reshard else [(replace(sh, reshard=True), f"stages.{name}.strategy.reshard_after_forward=true")]
+class Stage:
+    """One stage's model, data and assumptions: :meth:`memory` and :meth:`timing` of any sharding, checkpointing and
+    micro batch (what :mod:`lmm.training.plan_search` compares)."""
+
+    def __init__(self, cfg: DictConfig, name: str, gpu: GPU, world: int):
+        stage, pre = cfg.stages[name], cfg.get("preflight") or {}
+        model = build_llava_meta(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length,
+                                 cfg.model.get("hd"), twin=bool(cfg.model.get("twin")))
+        model.hd_active = model.hd is not None and bool(stage.get("hd", True))
+        self.shape = costs.model_shape(model, model.hd_active)
+        lora = OmegaConf.to_container(stage.lora, resolve=True) if stage.get("lora") else None
+        with torch.device("meta"):  # LoRA adapters are created on meta too (no memory, no init cost)
+            apply_stage(model, list(stage.trainable), lora)
+        self.params = param_rows(model)
+        self.counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                       "frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+                       "frozen_bytes": float(sum(p.numel() * p.element_size() for p in model.parameters()
+                                                 if not p.requires_grad))}
+        self.lora_params, self.lora_r = self.params.get("lora", {}).get("trainable", 0), int((lora or {}).get("r", 0))
+        self.llm_trains = "llm" in stage.trainable and not lora
+        self.connector_trains = "connector" in stage.trainable
+        self.data = stage_data(cfg, name, self.shape.image_tokens)
+        self.gpu, self.world, self.global_batch = gpu, world, int(stage.global_batch_size)
+        self.steps = stage_steps(self.data.samples, self.global_batch, int(stage.epochs),
+                                 int(stage.get("max_steps") or -1))
+        self.overhead, self.hfu = float(pre.get("overhead_gib", 1.5)), stage_hfu(pre, name)
+        self.links = {"gpus_per_node": int(pre.get("gpus_per_node") or GPUS_PER_NODE),
+                      "internode_gbps": float(pre.get("internode_gbps") or INTERNODE_GBPS)}
+
+    def fits(self, mem: dict) -> bool:
+        return mem["total"] <= self.gpu.memory_gib
+
+    def memory(self, sh: Sharding, ckpt: bool, micro: int) -> dict[str, float]:
+        """GiB per GPU at the stage's peak length (logits at its peak label count: the label-only LM head)."""
+        return memory_gib(self.shape, sh, self.world, micro, self.data.seq_peak, ckpt, self.counts, self.lora_r,
+                          self.overhead, self.data.image_share > 0, self.data.labels_peak)
+
+    def flops(self, ckpt: bool) -> costs.Flops:
+        """FLOPs per sample on the training path (the LM head at the labelled positions)."""
+        return costs.sample_flops(self.shape, self.data.seq_mean, self.data.seq_sq_mean, self.data.image_share,
+                                  llm_trains=self.llm_trains, connector_trains=self.connector_trains,
+                                  lora_params=self.lora_params, checkpointing=ckpt, head_tokens=self.data.labels_mean)
+
+    def timing(self, sh: Sharding, ckpt: bool, micro: int) -> dict[str, float]:
+        """``hours`` of the stage and ``comm_s`` per optimizer step (:mod:`lmm.training.plan_time`)."""
+        per_gpu = max(1, self.global_batch // self.world)
+        comm = comm_seconds(sh, self.world, self.counts["trainable"], self.counts["frozen"], max(1, per_gpu // micro),
+                            self.gpu, **self.links)
+        fixed = comm + optimizer_seconds(sh, self.world, self.counts["trainable"], self.gpu)
+        traffic = costs.sample_traffic(self.shape, self.data.seq_mean, self.data.image_share, checkpointing=ckpt)
+        step = step_seconds(self.global_batch * self.flops(ckpt).executed, self.global_batch * traffic,
+                            micro * self.data.seq_mean, self.world, self.gpu, self.hfu, fixed)
+        return {"hours": self.steps * step / 3600, "comm_s": comm}
 
 
-def suggest(name: str, sh: Sharding, ckpt: bool, micro: int, per_gpu_batch: int, fits, mem) -> tuple | None:
-    """The first configuration that fits, trying in order: activation checkpointing on, the next sharding levels,
-    then halving the micro batch (the global batch kept by accumulation). Returns ``(overrides, GiB)`` or None."""
-    overrides: list[str] = []
-    if not ckpt:
-        overrides.append(f"stages.{name}.strategy.activation_checkpointing=true" if sh.kind == "fsdp"
-                         else "model.llm.gradient_checkpointing=true")
-        if fits(mem(sh, True, micro)):
-            return overrides, mem(sh, True, micro)["total"]
-    level = sh
-    for level, override in _ladder(sh, name):
-        if fits(mem(level, True, micro)):
-            return overrides + [override], mem(level, True, micro)["total"]
-    if level is not sh:
-        overrides.append(_ladder(sh, name)[-1][1])
-    m = micro // 2
-    while m >= 1 and per_gpu_batch % m == 0:
-        if fits(mem(level, True, m)):
-            return overrides + [f"stages.{name}.micro_batch_size={m}"], mem(level, True, m)["total"]
-        m //= 2
-    return None
+def _divisibility(name: str, G: int, W: int, micro: int, st: Stage, sh: Sharding, ckpt: bool) -> tuple[str, list]:
+    """The message and the overrides for a global batch that does not divide into ``W`` GPUs × micro batches."""
+    if G % W == 0:
+        per_gpu = G // W
+        smaller = [d for d in divisors(per_gpu) if d <= micro]
+        m = next((d for d in smaller if st.fits(st.memory(sh, ckpt, d))), smaller[0])
+        fix = [f"stages.{name}.micro_batch_size={m}"]
+        how = f"set {fix[0]} ({per_gpu} per GPU, accumulation {per_gpu // m}; the global batch is kept)"
+    else:
+        near = min({max(1, G // W) * W, (G // W + 1) * W}, key=lambda b: (abs(b - G), -b))
+        m = max(d for d in divisors(near // W) if d <= micro)
+        fix = [f"stages.{name}.global_batch_size={near}", f"stages.{name}.micro_batch_size={m}"]
+        how = (f"use a world size that divides {G} (trainer.devices × trainer.num_nodes, or preflight.gpus), or "
+               f"change the recipe's global batch (its learning rate was tuned for {G}): {' '.join(fix)}")
+    return f"stage {name}: the global batch ({G}) does not divide by {W} GPUs × micro batch {micro}: {how}", fix
+
+
+def _too_big(name: str, st: Stage, out: dict, sh: Sharding, ckpt: bool, per_gpu: int) -> None:
+    """The refusal of a stage that does not fit: the least change that fits, and the fastest configuration that does."""
+    m, micro, gpu = out["memory_gib"], out["micro_batch"], st.gpu
+    where = (f"≈ {m['total']:.1f} GiB per GPU > {gpu.memory_gib:.0f} GiB ({gpu.name}) with {out['strategy']}, micro "
+             f"batch {micro}, activation checkpointing {'on' if ckpt else 'off'} (weights {m['weights']:.1f}, grads "
+             f"{m['grads']:.1f}, optimizer {m['optimizer']:.1f}, activations {m['activations']:.1f}, logits "
+             f"{m['logits']:.1f} GiB)")
+    fix, best = suggest(st, name, sh, ckpt, micro, per_gpu), out["fastest"]
+    if fix:
+        out["suggestion"] = fix[0]
+        faster = (f"; the fastest that fits ({best['hours']:.1f} h): {' '.join(best['overrides'])}"
+                  if best and best["overrides"] != fix[0] else "")
+        out["error"] = (f"stage {name} does not fit: {where}. A configuration that fits (≈ {fix[1]:.1f} GiB): "
+                        f"{' '.join(fix[0])}{faster}")
+    else:
+        out["error"] = (f"stage {name} does not fit: {where}, nor fully sharded with micro batch 1. Use more GPUs "
+                        f"(trainer.num_nodes / preflight.gpus), a bigger GPU (preflight.gpu=h200) or LoRA "
+                        f"(stages.{name}.lora)")
 
 
 def plan_stage(cfg: DictConfig, name: str, gpu: GPU, world: int) -> dict[str, Any]:
-    """The plan of one stage (see the module docstring); ``fits`` false comes with ``error`` (the refusal)."""
-    stage, pre = cfg.stages[name], cfg.get("preflight") or {}
-    model = build_llava_meta(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length,
-                             cfg.model.get("hd"), twin=bool(cfg.model.get("twin")))
-    model.hd_active = model.hd is not None and bool(stage.get("hd", True))
-    shape = costs.model_shape(model, model.hd_active)
-    lora = OmegaConf.to_container(stage.lora, resolve=True) if stage.get("lora") else None
-    with torch.device("meta"):  # LoRA adapters are created on meta too (no memory, no init cost)
-        apply_stage(model, list(stage.trainable), lora)
-    params = param_rows(model)
-    counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad),
-              "frozen_bytes": float(sum(p.numel() * p.element_size() for p in model.parameters()
-                                        if not p.requires_grad))}
-    lora_params, lora_r = params.get("lora", {}).get("trainable", 0), int((lora or {}).get("r", 0))
-    data = stage_data(cfg, name, shape.image_tokens)
-    G, micro = int(stage.global_batch_size), int(stage.micro_batch_size)
-    steps = stage_steps(data.samples, G, int(stage.epochs), int(stage.get("max_steps") or -1))
-    sh, label = sharding_of(stage.get("strategy") or {"name": "auto"})
-    ckpt = checkpointing_of(cfg, stage.get("strategy") or {})
-    overhead = float(pre.get("overhead_gib", 1.5))
-    images = data.image_share > 0
-
-    def mem(level, on, m):
-        return memory_gib(shape, level, world, m, data.seq_peak, on, counts, lora_r, overhead, images)
-
-    def fits(m):
-        return m["total"] <= gpu.memory_gib
-
-    memory = mem(sh, ckpt, micro)
-    trains = set(stage.trainable)
-    flops = costs.sample_flops(shape, data.seq_mean, data.seq_sq_mean, data.image_share,
-                               llm_trains="llm" in trains and not lora, connector_trains="connector" in trains,
-                               lora_params=lora_params, checkpointing=ckpt)
-    mfu = float(pre.get("mfu", 0.35))
-    step_executed, step_model = G * flops.executed, G * flops.model
-    seconds = steps * step_executed / (mfu * gpu.peak_tflops * 1e12 * world)
+    """The plan of one stage (see the module docstring); a stage that cannot run comes with ``error`` (the refusal)
+    and ``fits`` false when it is the memory."""
+    stage = cfg.stages[name]
+    st = Stage(cfg, name, gpu, world)
+    data, shape, G, micro = st.data, st.shape, st.global_batch, int(stage.micro_batch_size)
+    node = stage.get("strategy") or {"name": "auto"}
+    sh, label = sharding_of(node)
+    ckpt = checkpointing_of(cfg, node)
+    memory, flops, timing = st.memory(sh, ckpt, micro), st.flops(ckpt), st.timing(sh, ckpt, micro)
     out = {
-        "params": params, "trainable": counts["trainable"], "frozen": counts["frozen"],
+        "params": st.params, "trainable": st.counts["trainable"], "frozen": st.counts["frozen"],
         "tokens": {"image": shape.image_tokens, "views": shape.views_per_image, "text_mean": data.text_mean,
                    "text_peak": data.text_peak, "seq_mean": data.seq_mean, "seq_peak": data.seq_peak,
+                   "labels_mean": data.labels_mean, "labels_peak": data.labels_peak,
                    "image_share": data.image_share, "origin": data.origin, "max_length": int(cfg.model.max_length)},
         "samples": data.samples, "per_source": data.per_source, "global_batch": G, "micro_batch": micro,
-        "world": world, "epochs": int(stage.epochs), "steps": steps, "strategy": label, "checkpointing": ckpt,
-        "memory_gib": memory, "fits": fits(memory), "flops_per_step": step_executed,
-        "model_flops_per_step": step_model, "flops_total": steps * step_executed,
-        "model_flops_total": steps * step_model, "hours": seconds / 3600, "mfu": mfu, "shape": shape,
+        "world": world, "epochs": int(stage.epochs), "steps": st.steps, "strategy": label, "checkpointing": ckpt,
+        "memory_gib": memory, "fits": st.fits(memory), "flops_per_step": G * flops.executed,
+        "model_flops_per_step": G * flops.model, "flops_total": st.steps * G * flops.executed,
+        "model_flops_total": st.steps * G * flops.model, "hours": timing["hours"], "comm_s": timing["comm_s"],
+        "hfu": st.hfu, "shape": shape,
     }
+    out["implied"] = implied_utilisation(out, out["hours"], gpu, world)
+    plain_node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    current = {"key": strategy_key(plain_node), "label": label, "micro": micro,
+               "model_ckpt": bool(cfg.model.llm.get("gradient_checkpointing", False)),
+               "fsdp_ckpt": bool(plain_node.get("activation_checkpointing", False))}
     per_gpu = G // world if G % world == 0 else 0
+    out["options"] = options(st, name, per_gpu, current, (sh, ckpt)) if per_gpu else []
+    out["fastest"] = fastest(out["options"])
     if per_gpu == 0 or per_gpu % micro:
-        out["fits"] = False
-        out["error"] = (f"stage {name}: global batch {G} is not a multiple of {world} GPU(s): change the world size "
-                        f"or stages.{name}.global_batch_size" if per_gpu == 0 else
-                        f"stage {name}: the per-GPU batch {per_gpu} (global {G} / {world} GPUs) is not a multiple "
-                        f"of micro batch {micro}: choose stages.{name}.micro_batch_size dividing {per_gpu}")
-        return out
-    out["accumulation"] = per_gpu // micro
-    if not out["fits"]:
-        m = memory
-        where = (f"≈ {m['total']:.1f} GiB per GPU > {gpu.memory_gib:.0f} GiB ({gpu.name}) with {label}, micro batch "
-                 f"{micro}, activation checkpointing {'on' if ckpt else 'off'} (weights {m['weights']:.1f}, grads "
-                 f"{m['grads']:.1f}, optimizer {m['optimizer']:.1f}, activations {m['activations']:.1f}, logits "
-                 f"{m['logits']:.1f} GiB)")
-        fix = suggest(name, sh, ckpt, micro, per_gpu, fits, mem)
-        if fix:
-            out["suggestion"] = fix[0]
-            out["error"] = (f"stage {name} does not fit: {where}. A configuration that fits (≈ {fix[1]:.1f} GiB): "
-                            f"{' '.join(fix[0])}")
-        else:
-            out["error"] = (f"stage {name} does not fit: {where}, nor fully sharded with micro batch 1. Use more GPUs "
-                            f"(trainer.num_nodes / preflight.gpus), a bigger GPU (preflight.gpu=h200) or LoRA "
-                            f"(stages.{name}.lora)")
+        out["error"], out["suggestion"] = _divisibility(name, G, world, micro, st, sh, ckpt)
+    else:
+        out["accumulation"] = per_gpu // micro
+        if not out["fits"]:
+            _too_big(name, st, out, sh, ckpt, per_gpu)
     return out
 
 
 def make_plan(cfg: DictConfig) -> dict[str, Any]:
-    """The plan of every stage in ``cfg.run_stages``, as data; nothing is raised for a stage that does not fit."""
+    """The plan of every stage in ``cfg.run_stages``, as data; nothing is raised for a stage that cannot run."""
     pre = cfg.get("preflight") or {}
     gpu_key = str(pre.get("gpu", "a100_80g"))
     gpu, world = gpu_spec(gpu_key), world_size(cfg)
-    return {"gpu": gpu_key, "gpu_spec": gpu, "world": world, "mfu": float(pre.get("mfu", 0.35)),
-            "stages": {name: plan_stage(cfg, name, gpu, world) for name in cfg.run_stages}}
+    stages = {name: plan_stage(cfg, name, gpu, world) for name in cfg.run_stages}
+    return {"gpu": gpu_key, "gpu_spec": gpu, "world": world, "stages": stages, "fastest_run": run_overrides(stages)}
 
 
 def implied_utilisation(stage: dict, hours: float, gpu: GPU, world: int) -> dict[str, float]:
-    """The utilisation a measured wall-clock implies: ``mfu`` (model FLOPs, PaLM) and ``hfu`` (executed FLOPs)."""
+    """The utilisation a wall-clock implies, end to end (communication included): ``mfu`` (model FLOPs, PaLM's
+    definition) and ``hfu`` (executed FLOPs: activation recompute included)."""
     avail = hours * 3600 * gpu.peak_tflops * 1e12 * world
     return {"mfu": stage["model_flops_total"] / avail, "hfu": stage["flops_total"] / avail}
 
 
-def _n(x: float) -> str:
-    return f"{x / 1e9:.3f} B" if x >= 1e9 else f"{x / 1e6:.1f} M" if x >= 1e5 else f"{int(x):,}"
-
-
-def format_plan(plan: dict) -> str:
-    """A table, one column per stage."""
-    st = plan["stages"]
-    g = plan["gpu_spec"]
-    rows: list[tuple[str, list[str]]] = []
-
-    def row(label, fn):
-        rows.append((label, [fn(s) for s in st.values()]))
-
-    parts = [p for p in ("vision", "connector", "llm", "lora", "hd") if any(p in s["params"] for s in st.values())]
-    rows.append(("parameters (trainable / frozen)", ["" for _ in st]))
-    for p in parts:
-        row(f"  {p}", lambda s, p=p: "-" if p not in s["params"] else
-            f"{_n(s['params'][p]['trainable'])} / {_n(s['params'][p]['frozen'])}")
-    row("  total", lambda s: f"{_n(s['trainable'])} / {_n(s['frozen'])}")
-    rows.append(("tokens per sample", ["" for _ in st]))
-    row("  image (views)", lambda s: f"{s['tokens']['image']} ({s['tokens']['views']} view"
-        f"{'s' if s['tokens']['views'] > 1 else ''}), {100 * s['tokens']['image_share']:.0f}% of samples")
-    row("  text mean / peak", lambda s: f"{s['tokens']['text_mean']:.0f} / {s['tokens']['text_peak']}")
-    row("  LLM seq mean / peak", lambda s: f"{s['tokens']['seq_mean']:.0f} / {s['tokens']['seq_peak']} "
-        f"(cap {s['tokens']['max_length']})")
-    row("  from", lambda s: s["tokens"]["origin"].split(";")[0])
-    rows.append(("steps", ["" for _ in st]))
-    row("  samples", lambda s: f"{s['samples']:,}")
-    row("  global = micro×GPUs×acc", lambda s: f"{s['global_batch']} = {s['micro_batch']}×{s['world']}×"
-        f"{s.get('accumulation', '?')}")
-    row("  epochs → steps", lambda s: f"{s['epochs']} → {s['steps']:,}")
-    rows.append((f"memory per GPU (GiB of {g.memory_gib:.0f})", ["" for _ in st]))
-    row("  strategy", lambda s: f"{s['strategy']}, ckpt {'on' if s['checkpointing'] else 'off'}")
-    for key, label in (("weights", "weights"), ("grads", "gradients"), ("optimizer", "optimizer (AdamW)")):
-        row(f"  {label}", lambda s, k=key: f"{s['memory_gib'][k]:.1f}")
-    row("  LLM activations ckpt/none", lambda s: f"{s['memory_gib']['activations_ckpt']:.1f} / "
-        f"{s['memory_gib']['activations_no_ckpt']:.1f}")
-    row("  activations (as run)", lambda s: f"{s['memory_gib']['activations']:.1f}")
-    row("  logits (fp32 loss)", lambda s: f"{s['memory_gib']['logits']:.1f}")
-    row("  overhead", lambda s: f"{s['memory_gib']['overhead']:.1f}")
-    row("  total", lambda s: f"{s['memory_gib']['total']:.1f} " + ("fits" if s["fits"] else "DOES NOT FIT"))
-    rows.append((f"compute ({plan['world']} × {g.peak_tflops:.0f} TFLOP/s)", ["" for _ in st]))
-    row("  PFLOP / step (model)", lambda s: f"{s['flops_per_step'] / 1e15:.2f} ({s['model_flops_per_step'] / 1e15:.2f})")
-    row("  EFLOP total", lambda s: f"{s['flops_total'] / 1e18:.1f}")
-    row(f"  hours at MFU {plan['mfu']:.2f}", lambda s: f"{s['hours']:.1f}")
-    width = max(len(r[0]) for r in rows) + 2
-    cols = [max([len(n)] + [len(r[1][k]) for r in rows]) + 2 for k, n in enumerate(st)]
-    head = f"pre-flight plan: {plan['world']} × {plan['gpu']} ({g.peak_tflops:.0f} TFLOP/s bf16, {g.memory_gib:.0f} GiB)"
-    lines = [head, " " * width + "".join(n.ljust(c) for n, c in zip(st, cols))]
-    lines += [label.ljust(width) + "".join(v.ljust(c) for v, c in zip(vals, cols)) for label, vals in rows]
-    origins = {s["tokens"]["origin"] for s in st.values() if ";" in s["tokens"]["origin"]}
-    lines += [f"note: {o.split(';', 1)[1].strip()}" for o in sorted(origins)]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def run_plan(cfg: DictConfig) -> dict[str, Any]:
-    """Print the plan of every stage and return it; raise :class:`PlanError` (naming a configuration that fits) when
+    """Print the plan of every stage and return it; raise :class:`PlanError` (naming a configuration that runs) when
     a stage cannot run as configured."""
     plan = make_plan(cfg)
     print(format_plan(plan))
-    errors = [s["error"] for s in plan["stages"].values() if not s["fits"]]
+    errors = [s["error"] for s in plan["stages"].values() if "error" in s]
     if errors:
         raise PlanError("\n".join(errors))
     return plan
 
 
-__all__ = ["PlanError", "format_plan", "implied_utilisation", "make_plan", "run_plan", "world_size"]
+__all__ = ["PlanError", "Stage", "format_plan", "implied_utilisation", "make_plan", "run_plan", "world_size"]

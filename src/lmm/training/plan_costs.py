@@ -1,5 +1,6 @@
-"""Cost formulas of the pre-flight plan (:mod:`lmm.training.plan`): GPU peaks, the model's shape, FLOPs per sample and
-memory per GPU. Pure arithmetic on a :class:`ModelShape` read from a (meta-device) :class:`~lmm.models.llava.LlavaModel`.
+"""Cost formulas of the pre-flight plan (:mod:`lmm.training.plan`): GPU peaks and bandwidths, the model's shape, FLOPs
+and memory-bound traffic per sample, memory per GPU. Pure arithmetic on a :class:`ModelShape` read from a
+(meta-device) :class:`~lmm.models.llava.LlavaModel`.
 
 Notation: ``N`` LLM parameters that take part in matmuls (all but the input-embedding lookup; the output head
 counts), ``L`` layers, ``h`` width, ``h_kv`` = KV heads × head dim, ``i`` MLP width, ``V`` vocabulary, ``T`` LLM
@@ -8,10 +9,13 @@ sequence length of a sample (text + image tokens, ≤ ``model.max_length``), ``b
 
 **FLOPs** (a multiply-add = 2 FLOPs; Kaplan et al. 2020, Narayanan et al. 2021, PaLM App. B), per sample:
 
-* LLM forward ``2·N·T`` + attention ``4·L·h·T²`` (QKᵀ and AV, counted in full as Megatron / PaLM do, though a
-  causal flash kernel skips about half);
-* LLM backward ``4·N·T`` when the LLM trains (input and weight gradients), ``2·N·T`` when it is frozen (input
-  gradients only — still needed to reach the connector), attention backward ``8·L·h·T²`` either way;
+* LLM forward ``2·(N − V·h)·T + 2·V·h·T_y`` + attention ``4·L·h·T²`` (QKᵀ and AV, counted in full as Megatron /
+  PaLM do, though a causal flash kernel skips about half). ``T_y``: the positions the LM head runs at — training
+  computes logits at the labelled positions only (``LlavaModel.forward(logits="labelled")``), so ``T_y`` is the
+  sample's label count; ``T_y = T`` for the full path (every position's logits);
+* LLM backward ``4·(N − V·h)·T + 4·V·h·T_y`` when the LLM trains (input and weight gradients), half that when it is
+  frozen (input gradients only — still needed to reach the connector: stage 1), attention backward ``8·L·h·T²``
+  either way;
 * LoRA adapters (``N_lora``) as a trained LLM: ``2·N_lora·T`` forward, ``4·N_lora·T`` backward;
 * activation checkpointing recomputes every decoder layer's forward in backward: ``2·(N − V·h)·T + 4·L·h·T²``
   (+ ``2·N_lora·T``). *Model* FLOPs (MFU, PaLM's definition) exclude it; *executed* FLOPs include it;
@@ -19,6 +23,13 @@ sequence length of a sample (text + image tokens, ≤ ``model.max_length``), ``b
   layer runs although layer −2 is read); HD: up to ``max_cells + 1`` views per image;
 * connector: ``2·N_c·T_v`` forward (+ ``4·N_c·T_v`` backward when it trains) per view — exact for the token-wise
   linear / MLP connectors, an upper bound for a Q-Former.
+
+**Memory-bound traffic** (bytes moved to and from HBM by the non-matmul ops — RMSNorms with their fp32 upcasts,
+rotary, SwiGLU, residual adds and their gradients — which bandwidth, not FLOPs, limits), per token per decoder layer:
+forward ``139·h + 20·h_kv + 10·i``, backward ``351·h + 32·h_kv + 18·i``; activation checkpointing repeats the forward.
+Coefficients measured on transformers' ``LlamaDecoderLayer`` under bf16 autocast (every non-matmul aten op's inputs
+and outputs, views excluded; tests/training/test_plan_clock.py). The frozen vision tower's forward is charged the
+forward coefficients at its own width. Not counted: the loss over the labels' logits and the splice (< 1 %).
 
 **Memory per GPU** (bytes; precision as :mod:`lmm.training.precision`: trainable weights are fp32 masters with fp32
 AdamW moments, frozen parts stay in the dtype they load in, bf16 compute):
@@ -40,8 +51,9 @@ AdamW moments, frozen parts stay in the dtype they load in, bf16 compute):
   LoRA adds ``2·(6h + i) + 14·r`` per token per layer (dropout outputs and A outputs of the 7 adapted linears);
   + ``6·b·T·h`` (spliced embeddings, final norm). For a frozen LLM this is an upper bound (a frozen linear saves
   no input);
-* logits ``10·b·T·V``: bf16 logits, their fp32 upcast for the loss and the fp32 log-softmax saved by the
-  cross-entropy (the backward holds the same amount);
+* logits ``10·b·T_y·V``: bf16 logits, their fp32 upcast for the loss and the fp32 log-softmax saved by the
+  cross-entropy (the backward holds the same amount), at the ``T_y`` positions the head runs at (the labels on the
+  training path, evaluated at the stage's peak label count; ``T`` on the full path);
 * vision (no grad, transient): ``(L_v+1)·b·views·T_v·d_v·2`` (``output_hidden_states`` keeps every layer's output);
   connector ``2·b·views·T_v·(d_v + 2·H)``; + a fixed overhead (CUDA context, NCCL buffers, fragmentation).
 """
@@ -53,26 +65,35 @@ from dataclasses import dataclass
 GIB = 1024 ** 3
 
 
+class PlanError(ValueError):
+    """A stage cannot run as configured (it does not fit the GPU, or its batch sizes do not divide), or a ``preflight``
+    assumption is wrong: one line naming the key and the fix (``train.py`` prints it, exit status 2)."""
+
+
 @dataclass(frozen=True)
 class GPU:
     name: str
     peak_tflops: float   # dense bf16 tensor-core peak, TFLOP/s
     memory_gib: float
+    hbm_tbps: float = 2.0      # memory bandwidth, TB/s
+    link_gbps: float = 225.0   # collective (bus) bandwidth per GPU within a node, GB/s
 
 
-# Vendor data sheets (dense, no sparsity). Memory as the cards report it (nvidia-smi: A100 40 / 80 GiB, H100 80 GiB,
-# H200 "141 GB" = 143,771 MiB ≈ 140 GiB).
+# Vendor data sheets (dense, no sparsity; HBM bandwidth of the SXM parts). Memory as the cards report it (nvidia-smi:
+# A100 40 / 80 GiB, H100 80 GiB, H200 "141 GB" = 143,771 MiB ≈ 140 GiB). Collective bandwidth: ≈ 3/4 of NVLink's
+# one-way bandwidth (A100: 300 GB/s, H100 / H200: 450 GB/s), about what nccl-tests' all-gather / reduce-scatter
+# "busbw" reaches on an 8-GPU node — a rough figure (lmm.training.plan_time).
 GPUS = {
-    "a100_40g": GPU("NVIDIA A100 40GB", 312.0, 40.0),
-    "a100_80g": GPU("NVIDIA A100 80GB", 312.0, 80.0),
-    "h100_80g": GPU("NVIDIA H100 SXM 80GB", 989.0, 80.0),
-    "h200": GPU("NVIDIA H200 141GB", 989.0, 140.0),
+    "a100_40g": GPU("NVIDIA A100 40GB", 312.0, 40.0, 1.555, 225.0),
+    "a100_80g": GPU("NVIDIA A100 80GB", 312.0, 80.0, 2.039, 225.0),
+    "h100_80g": GPU("NVIDIA H100 SXM 80GB", 989.0, 80.0, 3.35, 340.0),
+    "h200": GPU("NVIDIA H200 141GB", 989.0, 140.0, 4.8, 340.0),
 }
 
 
 def gpu_spec(name: str) -> GPU:
     if name not in GPUS:
-        raise ValueError(f"unknown preflight.gpu {name!r}; known: {sorted(GPUS)}")
+        raise PlanError(f"preflight.gpu: unknown GPU {name!r}; known: {', '.join(sorted(GPUS))} (set preflight.gpu=<one>)")
     return GPUS[name]
 
 
@@ -95,6 +116,7 @@ class ModelShape:
     connector_in: int        # vision tokens the connector reads per view
     image_tokens: int        # tokens one image puts into the LLM (HD: the most one image can yield)
     views_per_image: int     # 1; HD: max_cells + the global view
+    vision_intermediate: int = 0   # the tower's MLP width (0: 4 × vision_hidden, as ViTs have)
 
 
 def _count(module) -> int:
@@ -125,7 +147,8 @@ def model_shape(model, hd_active: bool | None = None) -> ModelShape:
         unit_params=max(layer, head.numel(), _count(v)), vision_params=_count(v), vision_layers=v_layers,
         vision_hidden=v.hidden_size, vision_seq=v.num_patches + v.num_prefix_tokens, connector_params=conn,
         connector_in=v.num_tokens, image_tokens=hd.max_num_tokens if hd_on else model.num_image_tokens,
-        views_per_image=(hd.max_cells + hd.n_global) if hd_on else 1)
+        views_per_image=(hd.max_cells + hd.n_global) if hd_on else 1,
+        vision_intermediate=int(getattr(inner, "intermediate_size", 0) or 0))
 
 
 @dataclass(frozen=True)
@@ -135,19 +158,38 @@ class Flops:
 
 
 def sample_flops(s: ModelShape, seq: float, seq_sq: float, image_share: float, *, llm_trains: bool,
-                 connector_trains: bool = True, lora_params: int = 0, checkpointing: bool = False) -> Flops:
+                 connector_trains: bool = True, lora_params: int = 0, checkpointing: bool = False,
+                 head_tokens: float | None = None) -> Flops:
     """FLOPs of one training sample of mean LLM length ``seq`` (``seq_sq`` = mean of T², for attention), of which a
-    share ``image_share`` carries an image (see the module docstring for each term)."""
+    share ``image_share`` carries an image (see the module docstring for each term). ``head_tokens``: the mean
+    positions the LM head runs at — the labels on training's label-only path; None: every position (full logits)."""
     attn = 4.0 * s.layers * s.hidden * seq_sq
-    fwd = 2.0 * s.matmul_params * seq + attn + 2.0 * lora_params * seq
-    bwd = (4.0 if llm_trains else 2.0) * s.matmul_params * seq + 2.0 * attn + 4.0 * lora_params * seq
-    recompute = 2.0 * (s.matmul_params - s.head_params) * seq + attn + 2.0 * lora_params * seq
+    body = float(s.matmul_params - s.head_params)
+    head = float(s.head_params) * (seq if head_tokens is None else min(float(head_tokens), seq))
+    fwd = 2.0 * (body * seq + head) + attn + 2.0 * lora_params * seq
+    bwd = (4.0 if llm_trains else 2.0) * (body * seq + head) + 2.0 * attn + 4.0 * lora_params * seq
+    recompute = 2.0 * body * seq + attn + 2.0 * lora_params * seq
     views = image_share * s.views_per_image
     vision = views * (2.0 * s.vision_params * s.vision_seq
                       + 4.0 * s.vision_layers * s.vision_hidden * s.vision_seq ** 2)
     connector = views * (6.0 if connector_trains else 2.0) * s.connector_params * s.connector_in
     model = fwd + bwd + vision + connector
     return Flops(model, model + (recompute if checkpointing else 0.0))
+
+
+def layer_traffic_per_token(hidden: int, kv_hidden: int, intermediate: int) -> tuple[float, float]:
+    """Bytes the non-matmul ops of one Llama decoder layer move per token: ``(forward, backward)`` (docstring)."""
+    return (139.0 * hidden + 20.0 * kv_hidden + 10.0 * intermediate,
+            351.0 * hidden + 32.0 * kv_hidden + 18.0 * intermediate)
+
+
+def sample_traffic(s: ModelShape, seq: float, image_share: float, *, checkpointing: bool) -> float:
+    """Memory-bound bytes of one training sample of mean LLM length ``seq`` (module docstring): the LLM's layers
+    forward, backward and (with checkpointing) the recomputed forward; the frozen tower's forward per view."""
+    fwd, bwd = layer_traffic_per_token(s.hidden, s.kv_hidden, s.intermediate)
+    llm = s.layers * seq * ((2.0 if checkpointing else 1.0) * fwd + bwd)
+    v_fwd, _ = layer_traffic_per_token(s.vision_hidden, s.vision_hidden, s.vision_intermediate or 4 * s.vision_hidden)
+    return llm + image_share * s.views_per_image * s.vision_layers * s.vision_seq * v_fwd
 
 
 @dataclass(frozen=True)
@@ -190,10 +232,12 @@ def layer_bytes_per_token(hidden: int, kv_hidden: int, intermediate: int) -> flo
 
 
 def activation_bytes(s: ModelShape, micro: int, seq: int, *, checkpointing: bool, lora_r: int = 0,
-                     image_share: float = 1.0) -> dict[str, float]:
+                     image_share: float = 1.0, label_tokens: float | None = None) -> dict[str, float]:
     """Activation bytes per GPU for a micro batch of ``micro`` samples of ``seq`` tokens (module docstring):
     ``llm`` (as configured), ``llm_no_ckpt`` / ``llm_ckpt`` (both cases), ``logits``, ``vision`` (transient),
-    ``connector``."""
+    ``connector``. ``label_tokens``: the positions per sample the LM head runs at (training's label-only path);
+    None: every position (the full path)."""
+    head_positions = float(seq) if label_tokens is None else min(float(label_tokens), float(seq))
     b, T, h = float(micro), float(seq), s.hidden
     per_layer = layer_bytes_per_token(h, s.kv_hidden, s.intermediate)
     if lora_r:
@@ -204,7 +248,7 @@ def activation_bytes(s: ModelShape, micro: int, seq: int, *, checkpointing: bool
     views = b * image_share * s.views_per_image
     return {
         "llm": ckpt if checkpointing else full, "llm_no_ckpt": full, "llm_ckpt": ckpt,
-        "logits": 10 * b * T * s.vocab,
+        "logits": 10 * b * head_positions * s.vocab,
         "vision": (s.vision_layers + 1) * views * s.vision_seq * s.vision_hidden * 2,
         "connector": 2 * views * s.connector_in * (s.vision_hidden + 2 * s.hidden),
     }

@@ -10,6 +10,11 @@
   ``preflight.text_tokens`` (documented in ``docs/preflight.md``); the sources in
   ``preflight.text_only_sources`` carry no image.
 
+Label tokens (the positions training's label-only LM head runs at, :mod:`lmm.training.plan_costs`) are the text
+tokens times ``preflight.label_share.<source>`` (``default`` for a source not listed) — the share of a source's text
+its template labels (answers and their end-of-turn tokens); manifests do not count labels. The peak is that share of
+the source's longest text, as truncated at ``max_length``.
+
 Either way a source counts when included (``include``, else ``default_include`` for sources the config does not
 list), times its ``subsample`` (or the stage's) and ``weight``. Steps = ``ceil(N / global_batch) × epochs`` as HF's
 Trainer counts them for LLaVA (665,298 / 128 → 5,198), or ``max_steps`` when > 0.
@@ -26,6 +31,7 @@ from typing import Any
 from lmm.common import plain
 from lmm.data.manifest import MANIFEST_NAME
 from lmm.data.sources import MIX665K_COUNTS, source_counts
+from lmm.training.plan_costs import PlanError
 
 SPEC_COUNTS = {"lcs558k": 558128, **MIX665K_COUNTS}  # spec §2.2 (the maintainer's exact counts, issues #702 / #657)
 CONVERT_NAME = "convert.json"  # lmm.data.shards' fingerprint of a conversion
@@ -40,9 +46,12 @@ class SourceStats:
     images: float = 0      # samples with an image
     peak: int = 0          # max T
     text_peak: int = 0     # max text tokens
+    kept: float = 0.0      # Σ text tokens kept after truncation at max_length
+    kept_peak: int = 0     # max of those
 
     def add(self, text: int, n_images: int, image_tokens: int, max_length: int) -> None:
         t = min(max_length, text + n_images * image_tokens)
+        kept = max(0, t - n_images * image_tokens)
         self.n += 1
         self.text += text
         self.seq += t
@@ -50,6 +59,8 @@ class SourceStats:
         self.images += int(n_images > 0)
         self.peak = max(self.peak, t)
         self.text_peak = max(self.text_peak, text)
+        self.kept += kept
+        self.kept_peak = max(self.kept_peak, kept)
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class StageData:
     image_share: float
     origin: str
     per_source: dict[str, int] = field(default_factory=dict)
+    labels_mean: float = 0.0   # label tokens per sample (the LM head's positions on the training path)
+    labels_peak: float = 0.0   # the most one sample can have (its source's share of its longest kept text)
 
 
 def find_manifest(data_cfg: dict, stage: str) -> Path | None:
@@ -115,6 +128,16 @@ def _text_estimate(pre: dict, stage: str, source: str) -> tuple[float, int]:
     return float(mean), int(node.get("peak", mean))
 
 
+def label_share(pre: dict, source: str) -> float:
+    """The share of ``source``'s text tokens its template labels (``preflight.label_share``; module docstring)."""
+    shares = pre.get("label_share") or {}
+    share = float(shares.get(source, shares.get("default", 0.5)))
+    if not 0.0 <= share <= 1.0:
+        raise PlanError(f"preflight.label_share.{source if source in shares else 'default'} = {share} is not a "
+                        f"share: set a value in [0, 1]")
+    return share
+
+
 def _twin_counts(data_cfg: dict, stage: str, sources: list[str]) -> dict[str, int] | None:
     """A synthetic twin's sample counts per source (``scale=tiny`` before its conversion), or None for real data."""
     twin = data_cfg.get("twin") or {}
@@ -138,14 +161,17 @@ def config_stats(data_cfg: dict, pre: dict, stage: str, image_tokens: int, max_l
         spec = spec or {}
         n = (twin or {}).get(s) if twin is not None else (spec.get("count") or SPEC_COUNTS.get(s))
         if n is None:
-            raise ValueError(f"data.{stage}.sources.{s} has no count and spec §2.2 has none: set its count")
+            raise PlanError(f"data.{stage}.sources.{s} has no count and spec §2.2 has none: set "
+                            f"data.{stage}.sources.{s}.count")
         if twin is None and spec.get("count") is None:
             notes.append(f"{s} {n:,} (spec §2.2)")
         text, peak_text = _text_estimate(pre, stage, s)
         img = 0 if s in text_only else 1
         t = min(max_length, text + img * image_tokens)
+        room = max(0, max_length - img * image_tokens)
         stats[s] = SourceStats(int(n), text * n, t * n, t * t * n, img * int(n),
-                               min(max_length, peak_text + img * image_tokens), peak_text)
+                               min(max_length, peak_text + img * image_tokens), peak_text,
+                               min(text, room) * n, min(peak_text, room))
     origin = "estimate: " + ("synthetic twin's sizes, " if twin is not None else "") + "preflight.text_tokens"
     return stats, origin + (f"; null counts from {', '.join(notes)}" if notes else "")
 
@@ -164,6 +190,7 @@ def stage_data(cfg: Any, stage: str, image_tokens: int) -> StageData:
     specs = node.get("sources") or {}
     ratio, default_include = float(node.get("subsample", 1.0)), bool(node.get("default_include", True))
     tot, weighted = SourceStats(), 0.0
+    labels, labels_peak = 0.0, 0.0
     per_source: dict[str, int] = {}
     for s, st in stats.items():
         spec = specs.get(s) or {}
@@ -178,11 +205,16 @@ def stage_data(cfg: Any, stage: str, image_tokens: int) -> StageData:
         tot.seq_sq += st.seq_sq * f
         tot.images += st.images * f
         tot.peak, tot.text_peak = max(tot.peak, st.peak), max(tot.text_peak, st.text_peak)
+        share = label_share(pre, s)
+        labels += share * st.kept * f
+        labels_peak = max(labels_peak, share * st.kept_peak)
     if weighted == 0:
-        raise ValueError(f"stage {stage}: no samples selected (every source excluded or empty)")
+        raise PlanError(f"data.{stage}: no samples selected for stage {stage} (every source excluded or empty): "
+                        f"include a source (data.{stage}.sources.<source>.include=true)")
     return StageData(samples=sum(per_source.values()), text_mean=tot.text / weighted, text_peak=tot.text_peak,
                      seq_mean=tot.seq / weighted, seq_sq_mean=tot.seq_sq / weighted, seq_peak=tot.peak,
-                     image_share=tot.images / weighted, origin=origin, per_source=per_source)
+                     image_share=tot.images / weighted, origin=origin, per_source=per_source,
+                     labels_mean=labels / weighted, labels_peak=labels_peak)
 
 
 def stage_steps(samples: int, global_batch: int, epochs: int, max_steps: int = -1) -> int:
