@@ -30,7 +30,6 @@ def test_toy_gpu_step_runs_on_cpu():
 def test_toy_deepspeed_checks_run_on_cpu(capsys, monkeypatch):
     """`gpu_step.py --deepspeed` at toy size on the CPU: the same accumulation and checkpoint checks a GPU session runs
     at real size (benchmarks/gpu_deepspeed.py)."""
-    pytest.importorskip("deepspeed")
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import gpu_step
 

@@ -58,15 +58,15 @@ def open_regular(path: str | Path) -> tuple[int, int]:
 
 
 @contextmanager
-def atomic_write(path: str | Path) -> Iterator[IO[str]]:
-    """A UTF-8 text handle on a temporary sibling of ``path`` that replaces ``path`` (a rename, after an fsync)
-    only when the block ends without error: a failed write never leaves a half-written ``path``, nor the temporary
-    file."""
+def atomic_write(path: str | Path, binary: bool = False) -> Iterator[IO]:
+    """A UTF-8 text handle (a bytes handle with ``binary``) on a temporary sibling of ``path`` that replaces ``path``
+    (a rename, after an fsync) only when the block ends without error: a failed write never leaves a half-written
+    ``path``, nor the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
+        with (tmp.open("wb") if binary else tmp.open("w", encoding="utf-8")) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

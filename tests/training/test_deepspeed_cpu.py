@@ -31,7 +31,6 @@ from lmm.training.checkpointing import (
     validate_checkpoint,
 )
 
-deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow  # each test starts DeepSpeed's engine (≈ 3 s each)
 
 

@@ -105,7 +105,6 @@ def test_deepspeed_auto_values_resolve_as_hf_trainer():
 
 
 def test_deepspeed_strategy_builds_with_the_resolved_config(tiny_model):
-    pytest.importorskip("deepspeed")
     from lmm.training.strategies import build_strategy
 
     cfg = cfg_of("+experiment=llava_v1_5_7b", "scale=paper")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
+
+from lmm.common import atomic_write
 
 __all__ = ["write_xlsx"]
 
@@ -82,11 +83,6 @@ def write_xlsx(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
         for name, xml in {**_PARTS, "xl/worksheets/sheet1.xml": _sheet(header, rows)}.items():
             z.writestr(name, _HEAD + xml)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, binary=True) as handle:
+        handle.write(buffer.getvalue())
     return path
