@@ -13,12 +13,16 @@ from lmm.synth.sources import (
     EXISTENCE,
     LETTER,
     SHORT,
+    SYNTH_VERSION,
+    corpus,
+    described_conversation,
     existence_first,
     gen_gqa,
     gen_vqav2,
     source_counts,
     write_llava_data,
 )
+from lmm.text.prompts import ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER
 
 
 def digest(root):
@@ -92,3 +96,30 @@ def test_existence_questions_go_before_the_first_turn_that_names_a_shape():
              ("What shape is on the left?", "circle"), ("Are there both a circle and a square?", "no")]
     assert existence_first(pairs) == [pairs[0], pairs[2], pairs[4], pairs[1], pairs[3]]
     assert existence_first(pairs[:1]) == pairs[:1]
+
+
+FORMAT_PROMPTS = (ONE_SENTENCE_CAPTION, OPTION_LETTER, SHORT_ANSWER)
+
+
+def test_chat_corpus_has_no_response_format_prompt():
+    """The LLM twin's chat data (Vicuna's analogue) never shows LLaVA's format prompts, yet keeps the questions and
+    short answers of every image source: row 2 of Table 2 (the prompt) must have something left to teach."""
+    rng = random.Random(0)
+    convs = [described_conversation(rng) for _ in range(300)]
+    text = "\n".join(f"{q}\n{a}" for conv in convs for q, a in conv)
+    assert not [p for p in FORMAT_PROMPTS if p in text]
+    questions = [q.split("\n")[-1] for conv in convs for q, _ in conv]
+    assert "How many shapes are there?" in questions and any(q.startswith("What shape is") for q in questions)
+    assert any(q.startswith("How many corners") for q in questions)  # OKVQA-like
+    assert {a for conv in convs for _, a in conv} >= {"Yes", "No", "red"}  # short answers, as ordinary chat has
+
+
+def test_tokenizer_corpus_still_holds_the_format_prompts():
+    text = "\n".join(corpus(0, n=20))
+    assert all(text.count(p) > 1 for p in FORMAT_PROMPTS)
+
+
+def test_synth_version_keys_the_chat_corpus():
+    """The LLM twin's cache key holds SYNTH_VERSION (lmm.synth.twin_cache), not the corpus: a twin cached from the
+    corpus with format prompts (version ≤ 5) must not be found for the corpus without them."""
+    assert SYNTH_VERSION >= 6

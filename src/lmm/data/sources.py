@@ -7,7 +7,9 @@ the first match wins; a rule set is a built-in name or a list of dicts (Hydra co
 project can override every rule. A record no rule matches is rejected (``unknown_source``) or tagged, per config.
 
 Known limit: VQAv2 and OKVQA share COCO images and the short-answer suffix, so path + prompt cannot tell them apart;
-both are tagged ``vqav2`` unless an override rule (e.g. ``id_prefix`` / ``id_regex``) names OKVQA's samples.
+both are tagged ``vqav2`` unless an override rule (e.g. ``id_prefix`` / ``id_regex``) names OKVQA's samples, placed
+before the built-in set: ``[{source: okvqa, id_regex: ...}, {extends: llava_mix665k}]`` (docs/data.md §2). The
+synthetic twin's 665K is read that way at ``scale=tiny`` (its OKVQA-like ids are ``okvqa-NNNNNN``).
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ def check_source_names(names: Iterable[str], rules: Any = None, unknown_source: 
 
 
 def parse_rules(spec: str | Sequence[Mapping[str, Any]] | None) -> tuple[SourceRule, ...]:
-    """A built-in rule-set name, a path to a YAML/JSON list of rule dicts, or such a list itself."""
+    """A built-in rule-set name, a path to a YAML/JSON list of rule dicts, or such a list itself. A list entry
+    ``{extends: <name or file>}`` splices that whole set at its place, so a project's rules can go before the
+    built-in ones without copying them (the twin's OKVQA rule before ``llava_mix665k``: ``conf/scale/tiny.yaml``)."""
     if spec is None:
         return ()
     if isinstance(spec, str):
@@ -157,8 +161,14 @@ def parse_rules(spec: str | Sequence[Mapping[str, Any]] | None) -> tuple[SourceR
     rules = []
     for k, item in enumerate(spec):
         item = dict(item)
-        if "extends" in item:  # {"extends": "llava_mix665k"} splices a built-in set at this point
-            rules.extend(parse_rules(str(item["extends"])))
+        if "extends" in item:  # {"extends": "llava_mix665k"} splices a built-in set (or a rule file) here
+            if len(item) > 1:
+                raise ValueError(f"source rule {k}: 'extends' stands alone (it splices a whole rule set); move "
+                                 f"{sorted(set(item) - {'extends'})} into a rule of its own")
+            try:
+                rules.extend(parse_rules(str(item["extends"])))
+            except ValueError as e:
+                raise ValueError(f"source rule {k}: {e}") from None
             continue
         if "source" not in item:
             raise ValueError(f"source rule {k} has no 'source': {item}")

@@ -6,6 +6,12 @@
 ``textvqa/train_images/``, ``vg/VG_100K/`` (stage 2). Every source carries the exact response-format prompt of its
 real counterpart (spec §2.2), so the same source rules, mixtures and format-prompt policies apply to both; the
 per-source shares follow the 665K table. Deterministic under ``seed``.
+
+Record ids are ``<source>-NNNNNN`` (``vqav2-000007``, ``okvqa-000003``). The real 665K's OKVQA records share
+VQAv2's COCO images and short-answer suffix, so its image + prompt rules tag both ``vqav2``, and a user names OKVQA's
+samples by an id rule before the built-in ones; the twin is read the same way (``conf/scale/tiny.yaml``:
+``{source: okvqa, id_prefix: okvqa-}``, then ``{extends: llava_mix665k}``). ``okvqa-`` cannot be mistaken for a
+VQAv2 id (``vqav2-``) nor an A-OKVQA one (``aokvqa-``: a prefix match starts at the first character).
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ IMAGE_DIRS = {"llava_instruct": "coco/train2017", "vqav2": "coco/train2017", "ok
               "aokvqa": "coco/train2017", "refcoco": "coco/train2017", "gqa": "gqa/images",
               "ocrvqa": "ocr_vqa/images", "textcaps": "textvqa/train_images", "vg": "vg/VG_100K"}
 TEXT_SOURCES = {"ocrvqa", "textcaps"}
-SYNTH_VERSION = 5
+# Keys the data twin's stamp and the pretrained twins' caches (lmm.synth.twin_cache). 6: chat without format prompts.
+SYNTH_VERSION = 6
 
 
 def fmt_box(box: list[float]) -> str:
@@ -190,12 +197,26 @@ GENERATORS: dict[str, Callable] = {
 }
 
 
+FORMAT_PROMPTS = (SHORT, LETTER, CAPTION)
+
+
+def without_format_prompt(question: str) -> str:
+    """``question`` without a trailing response-format prompt (:data:`FORMAT_PROMPTS`) and the newline before it."""
+    for prompt in FORMAT_PROMPTS:
+        if question.endswith(prompt):
+            return question[: -len(prompt)].rstrip("\n ")
+    return question
+
+
 def described_conversation(rng: random.Random) -> list[tuple[str, str]]:
     """A text-only conversation about a scene described in words where an image would be (the twin world's
-    chat data, for pretraining an LLM twin): the scene's caption, then the questions of an image source."""
+    chat data, for pretraining an LLM twin): the scene's caption, then the questions of an image source, asked
+    plainly. Vicuna's chat data (ShareGPT) hold plain questions and short answers but never LLaVA's response-format
+    prompts ("Answer the question using a single word or phrase.", ...), which LLaVA-1.5 introduced: the twin must
+    not know them either, or Table 2's row 2 (the format prompt) would have nothing left to teach."""
     scene = make_scene(rng)
     gen = rng.choice((gen_llava_instruct, gen_vqav2, gen_gqa, gen_okvqa))
-    turns = gen(scene, rng, 64)
+    turns = [(without_format_prompt(q), a) for q, a in gen(scene, rng, 64)]
     return [(f"{scene.caption()}\n{turns[0][0]}", turns[0][1]), *turns[1:]]
 
 
@@ -258,7 +279,8 @@ def write_llava_data(root: str | Path, n_pretrain: int = 512, n_finetune: int = 
 
 
 def corpus(seed: int = 0, n: int = 400) -> list[str]:
-    """Text of every source (for the tiny tokenizer)."""
+    """Text of every source (for the tiny tokenizer), the response-format prompts included: the tokenizer covers
+    every text of the data, as Llama's covers LLaVA's (only the LLM twin's chat data lack the prompts)."""
     rng = random.Random(seed)
     lines: list[str] = list(LCS_PROMPTS) + list(DETAIL_PROMPTS) + [SHORT, LETTER, CAPTION]
     for _ in range(n):
