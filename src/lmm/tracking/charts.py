@@ -82,3 +82,35 @@ def llm_choice_chart(lc: pd.DataFrame, labels: dict[str, str], title: str, path:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+VERDICT_COLOURS = {"reproduced": "#2ca02c", "contradicted": "#d62728", "unresolved": "#ff7f0e",
+                   "no claim": "#7f7f7f", "calibration": "#000000"}
+
+
+def delta_chart(panels: dict[str, list[tuple[str, float, float, float, str]]], path: Path, title: str) -> Path:
+    """Table 2 in miniature: one panel per benchmark, each transition's Δ with its 95 % interval (points), a 0
+    line, coloured by verdict (reproduced / contradicted / unresolved / no claim; the calibration in black).
+    ``panels``: benchmark label → (transition label, Δ, low, high, verdict), NaN where there is no data."""
+    plt = _plt()
+    cols = min(3, max(len(panels), 1))
+    rows = -(-len(panels) // cols) or 1
+    width = max((len(points) for points in panels.values()), default=1)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * max(3.5, 0.45 * width + 1.5), rows * 3.2), squeeze=False)
+    for ax, (bench, points) in zip(axes.ravel(), panels.items()):
+        ax.axhline(0, color="#888888", lw=0.8)
+        for x, (_, delta, low, high, verdict) in enumerate(points):
+            if np.isnan(delta):
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=6, color="#666666")
+                continue
+            colour = VERDICT_COLOURS.get(verdict, "#7f7f7f")
+            ax.errorbar([x], [delta], yerr=[[delta - low], [high - delta]], fmt="o", color=colour, ms=4, capsize=2)
+        ax.set_xticks(np.arange(len(points)), [p[0] for p in points], rotation=60, ha="right", fontsize=6)
+        ax.set_title(bench, fontsize=9)
+        ax.set_ylabel("Δ (points)", fontsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=len(handles))
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left")
+    return _save(fig, path)
