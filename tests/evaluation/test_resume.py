@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lmm.evaluation.benchmarks.base import QuestionImageError
 from lmm.evaluation.partial import ANSWERS, KEY, PARTIAL, PARTIAL_KEY
-from lmm.evaluation.run import run_eval
+from lmm.evaluation.run import PER_QUESTION, run_eval
 from lmm.synth.benchmarks import write_synthetic_benchmarks
 
 
@@ -58,7 +58,7 @@ def test_a_bad_last_image_keeps_the_answers_before_it_and_a_rerun_generates_only
     assert result["results"]["gqa"]["n_resumed"] == len(rows) - 1 and result["results"]["gqa"]["n_missing"] == 0
     answers = _records(out / "gqa" / ANSWERS)
     assert answers[:-1] == partial and len(answers) == len(rows)  # the kept ones, answer ids included
-    assert sorted(p.name for p in (out / "gqa").iterdir()) == sorted([ANSWERS, KEY, "scores.json"])
+    assert sorted(p.name for p in (out / "gqa").iterdir()) == sorted([ANSWERS, KEY, "scores.json", PER_QUESTION])
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
 
     clean = run_eval(_cfg(data, store), model_folder, tmp_path / "clean")

@@ -34,7 +34,9 @@ def test_eval_writes_answers_scores_and_mlflow(default_run, tmp_path, capsys):
         assert cli_main(["score", bench, "--predictions", str(tmp_path / "eval" / bench / "answers.jsonl"),
                          "--data-root", str(tmp_path / "bench")]) == 0
         assert json.loads(capsys.readouterr().out)["score"] == scores["score"]
-    assert "mmvet: skipped" in res.stderr + res.stdout  # judge-scored, no judge configured: never faked
+    # scale=tiny grades MM-Vet's twin by rules (judge.kind=rule), and says so; LLaVA-W would stay judge-only
+    mmvet = json.loads((tmp_path / "eval" / "mmvet" / "scores.json").read_text())
+    assert mmvet["judge"] == ["rule-v1"] and (tmp_path / "eval" / "mmvet" / "per_question.json").is_file()
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{trained}/mlflow.db")
     exp = client.get_experiment_by_name("lmm")

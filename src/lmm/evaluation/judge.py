@@ -29,6 +29,7 @@ from lmm.evaluation.judge_prompts import (
     llava_wild_user_message,
     mmvet_query,
 )
+from lmm.evaluation.rule_grader import RULE_GRADER, grade_mmvet_rules
 
 __all__ = [
     "ChatClient",
@@ -38,10 +39,14 @@ __all__ = [
     "judge_file",
     "judge_llava_wild",
     "judge_mmvet",
+    "judge_skip_reason",
     "parse_llava_wild_review",
     "parse_mmvet_score",
     "run_judge",
 ]
+
+
+JUDGE_KINDS = ("gpt", "rule")  # judge.kind: an OpenAI-compatible LLM judge, or MM-Vet's rule grader
 
 
 class JudgeError(RuntimeError):
@@ -307,21 +312,46 @@ def judge_file(
     raise ValueError(f"{benchmark} is not judge-scored; judged benchmarks: llava_wild, mmvet")
 
 
+def judge_skip_reason(benchmark: str, *, kind: str = "gpt", base_url: str | None = None, **_: Any) -> str | None:
+    """Why ``eval.py`` cannot score the judged ``benchmark`` with the ``judge`` config (its keys as keywords), or
+    None when it can: ``kind: gpt`` needs ``base_url``; ``kind: rule`` grades MM-Vet only."""
+    if kind not in JUDGE_KINDS:
+        raise ValueError(f"judge.kind must be one of {', '.join(JUDGE_KINDS)}, got {kind!r}")
+    if kind == "rule":
+        if benchmark == "mmvet":
+            return None
+        return (f"{benchmark} is scored by an LLM judge only (judge.kind=rule grades MM-Vet alone): set judge.kind=gpt "
+                "and judge.base_url")
+    if not base_url:
+        return f"no judge configured for {benchmark}, which an LLM judge scores (judge.base_url is empty)"
+    return None
+
+
 def run_judge(
     benchmark: str,
     predictions: str | Path,
     data_root: str | Path,
     output_dir: str | Path,
     *,
-    base_url: str | None,
-    model: str | None,
+    base_url: str | None = None,
+    model: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
     runs: int = 1,
     timeout_s: float = 120.0,
     resume: bool = True,
+    kind: str = "gpt",
 ) -> Path:
     """The judge step of ``eval.py``: returns the judgment file to pass to ``Benchmark.score(judgments=[...])``,
-    ``output_dir/reviews.jsonl`` (LLaVA-W) or ``output_dir/grade-<runs>runs.json`` (MM-Vet)."""
+    ``output_dir/reviews.jsonl`` (LLaVA-W) or ``output_dir/grade-<runs>runs.json`` (MM-Vet); with ``kind="rule"``
+    MM-Vet is graded by rules (:mod:`lmm.evaluation.rule_grader`) into ``output_dir/grade-rule-v1.json``."""
+    reason = judge_skip_reason(benchmark, kind=kind, base_url=base_url)
+    if reason:
+        raise JudgeNotConfiguredError(f"skipped: {reason}")
+    if kind == "rule":
+        pf = read_predictions(predictions)
+        if pf.n_unparsable:
+            raise PredictionsError(pf.describe_unparsable())
+        return grade_mmvet_rules(data_root, pf.records, Path(output_dir) / f"grade-{RULE_GRADER}.json")
     if not base_url:
         raise JudgeNotConfiguredError(
             f"skipped: no judge configured for {benchmark} (judge.base_url is empty)"

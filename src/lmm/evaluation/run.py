@@ -7,6 +7,10 @@ here: its submission file is written (:mod:`lmm.evaluation.submission`) and its 
 ``submission`` and where to score it, with no number. ``eval.submissions`` writes the official files of the
 locally scored benchmarks too (GQA, MMBench, SEED). The run records the split of every benchmark (``split.<bench>``
 tags) and whether its benchmark files were the synthetic twins (``benchmark_data`` tag: synthetic / real / mixed).
+Beside each ``scores.json`` it writes ``per_question.json`` (:data:`PER_QUESTION`: every question's score in [0, 1],
+from :meth:`Benchmark.score_questions`) where the headline is a mean over questions. Judged benchmarks are scored by
+``judge.kind``: ``gpt`` (an LLM endpoint at ``judge.base_url``; skipped without one) or ``rule`` (MM-Vet graded by
+:mod:`lmm.evaluation.rule_grader`; LLaVA-W skipped).
 
 Answers are written as they come and resumed by a re-run with the same settings (:mod:`lmm.evaluation.partial`);
 a missing or corrupt image stops the evaluation with the benchmark, question and file, the answers before it kept.
@@ -32,13 +36,15 @@ from lmm.evaluation.answers import read_predictions
 from lmm.evaluation.benchmarks import get_benchmark
 from lmm.evaluation.benchmarks.base import QuestionImageError
 from lmm.evaluation.generate import answer_questions
+from lmm.evaluation.judge import judge_skip_reason, run_judge
 from lmm.evaluation.partial import PARTIAL, AnswerLog, answer_key
 from lmm.evaluation.submission import SUBMISSIONS, submission_path, write_submission
 from lmm.models.checkpoint import load_model_dir
 from lmm.text.templates import get_template
-from lmm.tracking.mlflow import ensure_store, flatten, git_sha, run_label
+from lmm.tracking.mlflow import ensure_store, flatten, git_sha, run_label, twins_tag
 
 log = logging.getLogger(__name__)
+PER_QUESTION = "per_question.json"  # beside scores.json: {benchmark, unit, scores: {question key: score in [0, 1]}}
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -144,8 +150,9 @@ def open_run(ev: EvalRun, spec: dict) -> None:
     ev.client = client = mlflow.MlflowClient(tracking_uri=ev.tracking_uri)
     ev.parent = spec.get("mlflow_run_id") if recorded and ev.tracking_uri == recorded else None
     exp_id = ensure_store(ev.tracking_uri, cfg.experiment_name)
-    tags = {**(spec.get("tags") or {}), **(cfg.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"], "git_sha": git_sha(),
-            "template": ev.template.name, "benchmark_data": benchmark_data(cfg)}
+    tags = {**twins_tag(spec.get("model")),  # a model folder from before the training runs' `twins` tag
+            **(spec.get("tags") or {}), **(cfg.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"],
+            "git_sha": git_sha(), "template": ev.template.name, "benchmark_data": benchmark_data(cfg)}
     if ev.parent:
         tags["mlflow.parentRunId"] = ev.parent
         tags["train_run_id"] = ev.parent
@@ -186,8 +193,9 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
     options = dict((cfg.get("benchmark_options") or {}).get(name) or {})
     if options:
         bench = bench.with_options(**options)
-    if bench.needs_judge and not cfg.get("judge", {}).get("base_url"):
-        msg = f"{name}: skipped — it is scored by an LLM judge and no judge is configured (judge.base_url)"
+    reason = judge_skip_reason(name, **OmegaConf.to_container(cfg.get("judge") or {})) if bench.needs_judge else None
+    if reason:
+        msg = f"{name}: skipped — {reason}"
         log.warning(msg)
         client.set_tag(ev.run_id, f"skipped.{name}", msg)
         return {"skipped": msg}
@@ -208,7 +216,7 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
             "remaining questions are generated") from e
     seconds = time.perf_counter() - t0
     ans_path = answers_log.finish()
-    scores = score_answers(cfg, bench, name, ans_path, ev.out_dir, ev.model_id)
+    scores, per_question = score_answers(cfg, bench, name, ans_path, ev.out_dir, ev.model_id)
     scores["n_resumed"] = len(kept)
     if new:
         scores["answers_per_s"] = len(new) / max(seconds, 1e-9)
@@ -217,6 +225,10 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
         client.log_metric(ev.run_id, f"eval/{name}/{k}", v)
     client.log_artifact(ev.run_id, str(ans_path), f"eval/{name}")
     client.log_artifact(ev.run_id, str(ev.out_dir / name / "scores.json"), f"eval/{name}")
+    if per_question is not None:
+        path = ev.out_dir / name / PER_QUESTION
+        path.write_text(json.dumps({"benchmark": name, "unit": bench.QUESTION_UNIT, "scores": per_question}, indent=1))
+        client.log_artifact(ev.run_id, str(path), f"eval/{name}")
     if scores.get("submission"):
         client.log_artifact(ev.run_id, scores["submission"], f"eval/{name}")
     if isinstance(scores.get("split"), str):  # which split the number comes from (VQAv2 / VizWiz: val or test-dev)
@@ -233,26 +245,30 @@ def evaluate_benchmark(ev: EvalRun, name: str) -> dict[str, Any]:
 
 
 def score_answers(cfg: DictConfig, bench, name: str, ans_path: Path, out_dir: Path,
-                  model_id: str = "lmm") -> dict[str, Any]:
-    """The official score of an answer file (with the judge's verdicts for a judged benchmark); with ``limit``
-    nothing is scored (official scoring needs every question). A split scored on a server gets its submission file
-    instead of a number; with ``submissions`` a locally scored benchmark's official file is written too."""
+                  model_id: str = "lmm") -> tuple[dict[str, Any], dict[str, float] | None]:
+    """The official score of an answer file (with the judge's verdicts for a judged benchmark) and its
+    per-question scores (``Benchmark.question_scores``; None where the headline is no mean over questions or
+    nothing is scored); with ``limit`` nothing is scored (official scoring needs every question). A split scored
+    on a server gets its submission file instead of a number; with ``submissions`` a locally scored benchmark's
+    official file is written too."""
+    judgments = None
     if bench.needs_judge:
-        from lmm.evaluation.judge import run_judge
-
         judgments = [run_judge(name, ans_path, cfg.data_root, out_dir / name / "judgments",
                                **OmegaConf.to_container(cfg.judge, resolve=True))]
-        return bench.score(ans_path, cfg.data_root, judgments=judgments)
-    if cfg.limit:
-        return {"note": "limit set: answers written, not scored (official scoring needs every question)"}
-    if bench.scored_on:
-        return server_submission(bench, name, ans_path, cfg.data_root, submission_path(name, out_dir / name, model_id))
-    scores = bench.score(ans_path, cfg.data_root)
+    elif cfg.limit:
+        return {"note": "limit set: answers written, not scored (official scoring needs every question)"}, None
+    elif bench.scored_on:
+        upload = submission_path(name, out_dir / name, model_id)
+        return server_submission(bench, name, ans_path, cfg.data_root, upload), None
+    if bench.QUESTION_UNIT is None:
+        scores, per_question = bench.score(ans_path, cfg.data_root, judgments=judgments), None
+    else:
+        scores, per_question = bench.score_questions(ans_path, cfg.data_root, judgments=judgments)
     if cfg.get("submissions") and name in SUBMISSIONS:
         upload = submission_path(name, out_dir / name, model_id)
         write_submission(bench, read_predictions(ans_path).records, cfg.data_root, upload)
         scores["submission"] = str(upload)
-    return scores
+    return scores, per_question
 
 
 def server_submission(bench, name: str, ans_path: Path, data_root, upload: Path) -> dict[str, Any]:

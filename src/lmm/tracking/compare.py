@@ -36,16 +36,34 @@ TWIN_MARK = " †"
 DASH = "–"
 KEYS = ["experiment", "twin", "benchmark"]
 WHY = {"model_twin": "tiny twin model", "synthetic_data": "synthetic twins of the benchmarks"}
+TWINS = {"pretrained": "pretrained twins", "random": "random twins",  # the training run's `twins` tag
+         "pretrained-vision": "pretrained vision twin, random LLM twin",
+         "pretrained-llm": "random vision twin, pretrained LLM twin"}
 
 
 def twin_warning(rows: dict[str, set[str]]) -> str:
     """The report's warning above the tables: what † means, and why each marked row is not comparable."""
     listed = "; ".join(f"`{label}`: {', '.join(sorted(why))}" for label, why in rows.items() if why)
     return ("> **Not comparable to the paper (rows marked †).** Their numbers come from twins: tiny-scale twins of "
-            "the backbones (`model.twin=True`, random tiny models trained on synthetic data) or the synthetic twins "
-            "of the benchmarks (the evaluation's `benchmark_data` tag). They show that the pipeline runs end to "
+            "the backbones (`model.twin=True`: random twins, or twins pretrained on the synthetic world under "
+            "`twins=pretrained`, as each row says; trained on synthetic data) or the synthetic twins of the "
+            "benchmarks (the evaluation's `benchmark_data` tag). They show that the pipeline runs end to "
             "end; the paper's come from the real 7B/13B models on the real benchmarks."
             + (f" Rows: {listed}." if listed else ""))
+
+
+def _why(group: pd.DataFrame) -> str:
+    """Why a group of scores comes from twins: the tiny twin model (with its ``twins`` kind when the runs say it)
+    and / or the synthetic benchmarks."""
+    reasons = []
+    for column, text in WHY.items():
+        if not group[column].any():
+            continue
+        if column == "model_twin":
+            kinds = sorted({TWINS.get(k, k) for k in group.loc[group[column].astype(bool), "twins"].dropna()})
+            text += f" ({' / '.join(kinds)})" if kinds else ""
+        reasons.append(text)
+    return ", ".join(reasons)
 
 
 # ---------------------------------------------------------------------------------------------------- tables
@@ -62,8 +80,7 @@ def _caveats(scores: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in scores.groupby(KEYS, dropna=False):
         other = sorted({s for s, b in zip(group["split"], group["benchmark"]) if not is_paper_split(b, s)})
-        why = ", ".join(text for column, text in WHY.items() if group[column].any())
-        rows.append({**dict(zip(KEYS, key)), "other_split": " / ".join(other), "why": why})
+        rows.append({**dict(zip(KEYS, key)), "other_split": " / ".join(other), "why": _why(group)})
     return pd.DataFrame(rows, columns=[*KEYS, "other_split", "why"])
 
 

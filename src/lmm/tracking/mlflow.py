@@ -72,6 +72,19 @@ def run_label(tags: dict, default: str = "train") -> str:
     return label
 
 
+def twins_tag(model) -> dict[str, str]:
+    """``{"twins": kind}`` for a model config (``cfg.model`` or a model folder's ``model`` spec) built from tiny
+    twins (``model.twin``), else ``{}``: ``pretrained`` when both backbones are pretrained twins
+    (``twins=pretrained``: ``model.vision.twin.pretrain`` / ``model.llm.twin.pretrain`` set), ``random`` when
+    neither is (``twins=random``), ``pretrained-vision`` / ``pretrained-llm`` when only that one is."""
+    if not model or not model.get("twin"):
+        return {}
+    pretrained = [part for part in ("vision", "llm")
+                  if ((model.get(part) or {}).get("twin") or {}).get("pretrain")]
+    kind = {0: "random", 2: "pretrained"}.get(len(pretrained)) or f"pretrained-{pretrained[0]}"
+    return {"twins": kind}
+
+
 def run_exists(tracking_uri: str, run_id: str) -> bool:
     """Whether ``run_id`` is a live run of the store (a checkpoint from another run folder names a foreign run)."""
     import mlflow

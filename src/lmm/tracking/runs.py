@@ -3,7 +3,8 @@
 What is read (written by lmm.training.run and lmm.evaluation.run): experiment ``lmm``; training runs,
 one per stage, tagged ``stage``, ``experiment``, ``paper_table``, ``paper_row``, ``run_group``, ``git_sha``
 and, in sweeps, ``sweep`` / ``sweep.key`` / ``sweep.value``, with the resolved config as params
-(``model.twin``, ``seed``, …); evaluation runs tagged ``kind=eval`` with the same experiment / sweep tags,
+(``model.twin``, ``seed``, …) and, for a twin model, ``twins`` (``pretrained`` / ``random`` /
+``pretrained-vision`` / ``pretrained-llm``: which backbones were pretrained twins); evaluation runs tagged ``kind=eval`` with the same experiment / sweep tags,
 ``mlflow.parentRunId`` = the finetune run, ``benchmark_data`` (``synthetic`` / ``real`` / ``mixed``: whether the
 benchmark files were the synthetic twins) and ``split.<bench>`` (VQAv2 / VizWiz: val, test-dev, test), and metrics
 ``eval/<bench>/score`` (headline, paper units) plus ``eval/<bench>/<sub-score>``.
@@ -27,7 +28,7 @@ DEFAULT_PATTERNS = ("mlflow.db", "outputs/*/mlflow.db", "multirun/*/mlflow.db") 
 UNTAGGED = "(untagged)"
 RUN_COLUMNS = ["run_id", "tracking_uri", "run_name", "status", "start_time", "kind", "stage", "experiment",
                "paper_table", "paper_row", "sweep", "sweep_key", "sweep_value", "run_group", "git_sha",
-               "twin", "seed", "parent_run_id", "splits", "synthetic_data"]
+               "twin", "twins", "seed", "parent_run_id", "splits", "synthetic_data"]
 SCORE_COLUMNS = ["run_id", "benchmark", "metric", "value"]
 
 
@@ -146,7 +147,7 @@ def collect_runs(tracking_uris: Sequence[str], experiment_name: str = "lmm") -> 
                 "paper_table": tags.get("paper_table"), "paper_row": tags.get("paper_row"),
                 "sweep": tags.get("sweep"), "sweep_key": tags.get("sweep.key"),
                 "sweep_value": tags.get("sweep.value"), "run_group": tags.get("run_group"),
-                "git_sha": tags.get("git_sha"), "twin": twin, "seed": params.get("seed"),
+                "git_sha": tags.get("git_sha"), "twin": twin, "twins": tags.get("twins"), "seed": params.get("seed"),
                 "parent_run_id": tags.get("mlflow.parentRunId"), "merged_from": tags.get("lmm.merged_from"),
                 "splits": {k[6:]: v for k, v in tags.items() if k.startswith("split.")},
                 "synthetic_data": bool(_synthetic_data(tags, params)) if kind == "eval" else False,
@@ -158,10 +159,10 @@ def collect_runs(tracking_uris: Sequence[str], experiment_name: str = "lmm") -> 
     # a run merged into the project store (lmm.tracking.merge) and still in its old store counts once: the copy
     originals = {rec["merged_from"].rsplit("#", 1)[-1] for rec in records.values() if rec["merged_from"]}
     records = {rid: rec for rid, rec in records.items() if rid not in originals}
-    # An evaluation inherits what it does not say itself (twin flag, seed) from the training run it evaluates.
+    # An evaluation inherits what it does not say itself (twin flag and kind, seed) from the training run it evaluates.
     for rec in records.values():
         parent = records.get(rec["parent_run_id"] or "")
-        for col in ("twin", "seed"):
+        for col in ("twin", "twins", "seed"):
             if rec[col] is None and parent is not None:
                 rec[col] = parent[col]
         rec["twin"] = bool(rec["twin"])
@@ -182,7 +183,7 @@ def headline_scores(runs: Runs, latest: bool = False) -> pd.DataFrame:
     ev = runs.eval_runs.rename(columns={"twin": "model_twin"})
     ev = ev.assign(synthetic_data=ev["synthetic_data"].fillna(False).astype(bool))
     ev = ev.assign(twin=ev["model_twin"].astype(bool) | ev["synthetic_data"])
-    cols = ["run_id", "experiment", "twin", "model_twin", "synthetic_data", "sweep", "sweep_value", "seed",
+    cols = ["run_id", "experiment", "twin", "model_twin", "twins", "synthetic_data", "sweep", "sweep_value", "seed",
             "start_time", "run_group", "splits"]
     sc = runs.scores[runs.scores["metric"] == "score"][["run_id", "benchmark", "value"]]
     out = sc.merge(ev[cols], on="run_id").rename(columns={"value": "score"})

@@ -194,6 +194,13 @@ class ScoreContext:
 
     warnings: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    questions: dict[str, float] | None = None  # per-question scores in [0, 1] (Benchmark.question_scores)
+
+    def per_question(self, keys: Sequence[Any], values: Sequence[float]) -> None:
+        """The per-question scores, one per question of the benchmark in question-file order (keys unique)."""
+        self.questions = {str(k): float(v) for k, v in zip(keys, values, strict=True)}
+        if len(self.questions) != len(keys):
+            raise AssertionError(f"per-question keys are not unique ({len(keys) - len(self.questions)} repeated)")
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -236,6 +243,8 @@ class Benchmark(ABC):
         return folder if folder.is_absolute() else Path(data_root) / folder
 
     METRIC: ClassVar[type[torchmetrics.Metric]]  # the benchmark's metric, made by metric()
+    # What one per-question score is (question_scores); None: the headline is no mean over questions.
+    QUESTION_UNIT: ClassVar[str | None] = None
     QUESTION_FILE: ClassVar[str] = ""  # LLaVA's question JSONL under data_root (the loader's --question-file)
 
     def question_rows(self, data_root: str | Path) -> list[dict[str, Any]]:
@@ -278,6 +287,37 @@ class Benchmark(ABC):
     ) -> dict[str, Any]:
         """Score LLaVA-format answer records the way the official script does; see each module's notes.
         Judge-scored benchmarks score the ``judgments`` files and accept ``predictions=None``."""
+        return self._scored(predictions, data_root, judgments)[0]
+
+    def question_scores(
+        self,
+        predictions: PredictionFile | Sequence[Mapping[str, Any]] | str | Path | None,
+        data_root: str | Path,
+        judgments: Sequence[str | Path] | None = None,
+    ) -> dict[str, float]:
+        """Per question of the benchmark, its score in [0, 1] (:attr:`QUESTION_UNIT`; an unanswered question
+        scores 0), keyed by a question key that stays the same across runs on the same benchmark files, in
+        question-file order. Computed by the official scoring itself (:meth:`score_questions`): where nothing is
+        missing, their mean is the headline accuracy (POPE: the accuracy over all questions, MME: the
+        per-question accuracy, not the MME score)."""
+        return self.score_questions(predictions, data_root, judgments)[1]
+
+    def score_questions(
+        self,
+        predictions: PredictionFile | Sequence[Mapping[str, Any]] | str | Path | None,
+        data_root: str | Path,
+        judgments: Sequence[str | Path] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """:meth:`score` and :meth:`question_scores` of one scoring pass. A benchmark whose headline is no mean
+        over questions (LLaVA-W: a ratio of sums; MMBench: circular groups) raises a ``ValueError``."""
+        if self.QUESTION_UNIT is None:
+            raise ValueError(f"{self.name} has no per-question scores: its headline is not a mean over questions")
+        result, ctx = self._scored(predictions, data_root, judgments)
+        if ctx.questions is None:
+            raise AssertionError(f"{self.name}: _score set no per-question scores")
+        return result, ctx.questions
+
+    def _scored(self, predictions, data_root, judgments) -> tuple[dict[str, Any], ScoreContext]:
         if predictions is None and not self.needs_judge:
             raise PredictionsError(f"{self.name} is scored from a predictions file; none was given")
         pf = PredictionFile(records=[]) if predictions is None else as_prediction_file(predictions)
@@ -293,7 +333,7 @@ class Benchmark(ABC):
         result.update(scores)
         result.update(ctx.counts)
         result["warnings"] = ctx.warnings
-        return result
+        return result, ctx
 
     @abstractmethod
     def _score(

@@ -30,7 +30,7 @@ from lmm.evaluation.benchmarks.base import (
     read_json,
 )
 
-__all__ = ["GQA", "GQAAccuracy", "gqa_prediction", "gqa_steps"]
+__all__ = ["GQA", "GQAAccuracy", "gqa_hit", "gqa_prediction", "gqa_steps"]
 
 STRUCTURAL = ("verify", "query", "choose", "logical", "compare")
 SEMANTIC = ("rel", "attr", "obj", "cat", "global")
@@ -39,6 +39,11 @@ SEMANTIC = ("rel", "attr", "obj", "cat", "global")
 def gqa_prediction(text: str) -> str:
     """``convert_gqa_for_eval.py``: strip trailing periods, lowercase; nothing else."""
     return text.rstrip(".").lower()
+
+
+def gqa_hit(text: str, gold: str) -> int:
+    """The official ``eval.py``'s score of one question: 1 when the converted prediction equals the answer."""
+    return int(gqa_prediction(text) == gold)
 
 
 def gqa_steps(question: dict[str, Any]) -> int:
@@ -75,7 +80,7 @@ class GQAAccuracy(torchmetrics.Metric):
         steps: Sequence[int],
         words: Sequence[int],
     ) -> None:
-        hits = [int(gqa_prediction(p) == g) for p, g in zip(preds, golds, strict=True)]
+        hits = [gqa_hit(p, g) for p, g in zip(preds, golds, strict=True)]
         self.correct += sum(hits)
         self.total += len(hits)
         for vocab, values, name in ((STRUCTURAL, structural, "structural"), (SEMANTIC, semantic, "semantic")):
@@ -125,6 +130,7 @@ class GQAAccuracy(torchmetrics.Metric):
 class GQA(Benchmark):
     name: str = "gqa"
     METRIC: ClassVar[type[GQAAccuracy]] = GQAAccuracy
+    QUESTION_UNIT: ClassVar[str] = "exact match (1 or 0) of the converted prediction, balanced questions"
     default_image_folder: ClassVar[str] = "gqa/data/images"
     QUESTION_FILE: ClassVar[str] = "gqa/llava_gqa_testdev_balanced.jsonl"
     GT_FILES: ClassVar[tuple[str, ...]] = (
@@ -157,5 +163,6 @@ class GQA(Benchmark):
             columns["semantic"].append(q["types"]["semantic"])
             columns["steps"].append(gqa_steps(q))
             columns["words"].append(len(q["question"].split()))
+        ctx.per_question(list(balanced), [gqa_hit(p, g) for p, g in zip(columns["preds"], columns["golds"])])
         result = self._feed(GQAAccuracy(), columns)
         return {"score": result.pop("accuracy"), **result}

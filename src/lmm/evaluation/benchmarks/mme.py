@@ -66,6 +66,11 @@ def parse_mme_answer(text: str) -> str:
     return "other"
 
 
+def mme_correct(parsed: str, gt: str) -> bool:
+    """``calculation.py``: a parsed answer (:func:`parse_mme_answer`) is right when it is the lower-cased GT."""
+    return parsed == gt.lower()
+
+
 def mme_original_prompt(prompt: str, has_gt) -> str:
     """``convert_answer_to_mme.py``: drop LLaVA's suffix, restore the original yes/no instruction."""
     if _SUFFIX in prompt:
@@ -106,7 +111,7 @@ class MMEMetric(torchmetrics.Metric):
         self.task_ids.append(torch.tensor(task_ids, dtype=torch.long, device=device))
         self.image_ids.append(torch.tensor([stable_id(i) for i in images], dtype=torch.long, device=device))
         self.hits.append(
-            torch.tensor([int(p == g.lower()) for p, g in zip(parsed, gts, strict=True)], device=device)
+            torch.tensor([int(mme_correct(p, g)) for p, g in zip(parsed, gts, strict=True)], device=device)
         )
         for task_id, p in zip(task_ids, parsed):
             self.other[task_id] += int(p == "other")
@@ -144,6 +149,7 @@ class MMEMetric(torchmetrics.Metric):
 class MME(Benchmark):
     name: str = "mme"
     METRIC: ClassVar[type[MMEMetric]] = MMEMetric
+    QUESTION_UNIT: ClassVar[str] = "correct (1) or not (0); key <task>/<image>/<question>"
     default_image_folder: ClassVar[str] = "MME/MME_Benchmark_release_version"
     QUESTION_FILE: ClassVar[str] = "MME/llava_mme.jsonl"
     GT_DIR: ClassVar[str] = "MME/MME_Benchmark_release_version"
@@ -175,9 +181,9 @@ class MME(Benchmark):
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:
         gt = self.ground_truth(data_root / self.GT_DIR)
-        expected = Counter(
-            self._key(gt, r["question_id"], r["text"]) for r in read_jsonl(data_root / self.QUESTION_FILE)
-        )
+        rows = read_jsonl(data_root / self.QUESTION_FILE)
+        row_keys = [self._key(gt, r["question_id"], r["text"]) for r in rows]
+        expected = Counter(row_keys)
         columns: dict[str, list[Any]] = defaultdict(list)
         got: Counter = Counter()
         for record in records:
@@ -187,6 +193,7 @@ class MME(Benchmark):
                 )
             key = self._key(gt, record["question_id"], record["prompt"])
             got[key] += 1
+            columns["keys"].append(key)
             columns["preds"].append(record["text"])
             columns["gts"].append(gt[key])
             columns["tasks"].append(key[0])
@@ -208,6 +215,11 @@ class MME(Benchmark):
             sum(1 for t in columns["preds"] if "\n" in t or "\t" in t),
             "{n} answer(s) contain a newline or tab, which breaks the official tool's line format; scored as text",
         )
+        hits = {(key, record["question_id"]): mme_correct(parse_mme_answer(record["text"]), gt[key])
+                for key, record in zip(columns["keys"], records)}
+        ctx.per_question([f"{r['question_id']}/{key[2]}" for r, key in zip(rows, row_keys)],
+                         [hits[key, r["question_id"]] for r, key in zip(rows, row_keys)])
+        del columns["keys"]
         result = self._feed(MMEMetric(), columns)
         absent = [t for t in TASKS if t not in result["tasks"]]
         if absent:

@@ -33,6 +33,7 @@ from lmm.evaluation.benchmarks.base import (
 __all__ = ["CAPABILITIES", "MMVet", "MMVetScore", "mmvet_key"]
 
 CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
+RULE_PREFIX = "rule-"  # the judge name of a rule grader (lmm.evaluation.rule_grader) starts so
 
 
 def mmvet_key(question_id: Any) -> str:
@@ -119,6 +120,7 @@ class MMVet(Benchmark):
     max_new_tokens: int = 1024
     needs_judge: bool = True
 
+    QUESTION_UNIT: ClassVar[str] = "grade in [0, 1] (mean over the judge runs; ungraded: 0)"
     default_image_folder: ClassVar[str] = "mm-vet/images"
     QUESTION_FILE: ClassVar[str] = "mm-vet/llava-mm-vet.jsonl"
     METADATA: ClassVar[str] = "mm-vet/mm-vet.json"
@@ -162,6 +164,11 @@ class MMVet(Benchmark):
             MMVetScore(n_runs), {"scores": scores, "capabilities": list(capabilities.values())}
         )
         judges = sorted({m for v in grades.values() for m in v.get("model", [])})
+        rules = [j for j in judges if str(j).startswith(RULE_PREFIX)]
+        if rules:
+            ctx.warn(f"rule-graded ({', '.join(rules)}: lmm.evaluation.rule_grader), not by GPT-4: not comparable "
+                     "to the paper's MM-Vet")
+        ctx.per_question(list(capabilities), [sum(s) / len(s) for s in scores])
         return {"score": result.pop("total"), **result, "n_runs": n_runs, "judge": judges}
 
     def _capabilities(

@@ -27,7 +27,7 @@ from lmm.evaluation.benchmarks.base import (
     read_jsonl,
 )
 
-__all__ = ["POPE", "POPEMetric", "pope_yes_no"]
+__all__ = ["POPE", "POPEMetric", "pope_correct", "pope_yes_no"]
 
 CATEGORIES = ("adversarial", "popular", "random")
 _TP, _FP, _TN, _FN = range(4)
@@ -40,6 +40,18 @@ def pope_yes_no(text: str) -> str:
         text = text.split(".")[0]
     words = text.replace(",", "").split(" ")
     return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def pope_cell(text: str, label: str) -> int:
+    """Where one answer falls in the confusion matrix (``_TP``, ``_FP``, ``_TN``, ``_FN``); positive = *yes*."""
+    pred_yes = pope_yes_no(text) == "yes"
+    label_yes = label != "no"  # the official maps 'no' to 0 and anything else to 1
+    return (_TP if label_yes else _FP) if pred_yes else (_FN if label_yes else _TN)
+
+
+def pope_correct(text: str, label: str) -> bool:
+    """Whether one answer is right (a true positive or a true negative)."""
+    return pope_cell(text, label) in (_TP, _TN)
 
 
 class POPEMetric(torchmetrics.Metric):
@@ -60,9 +72,7 @@ class POPEMetric(torchmetrics.Metric):
         for text, label, category in zip(preds, labels, categories, strict=True):
             if category not in self.categories:
                 raise ValueError(f"unknown POPE category {category!r}; expected one of {self.categories}")
-            pred_yes = pope_yes_no(text) == "yes"
-            label_yes = label != "no"  # the official maps 'no' to 0 and anything else to 1
-            cell = (_TP if label_yes else _FP) if pred_yes else (_FN if label_yes else _TN)
+            cell = pope_cell(text, label)
             self.confusion[self.categories.index(category), cell] += 1
 
     def compute(self) -> dict[str, Any]:
@@ -102,6 +112,7 @@ class POPEMetric(torchmetrics.Metric):
 class POPE(Benchmark):
     name: str = "pope"
     METRIC: ClassVar[type[POPEMetric]] = POPEMetric
+    QUESTION_UNIT: ClassVar[str] = "correct (1) or not (0); key <split>/<question_id>"
     default_image_folder: ClassVar[str] = "pope/val2014"
     QUESTION_FILE: ClassVar[str] = "pope/llava_pope_test.jsonl"
     LABEL_DIR: ClassVar[str] = "pope/coco"
@@ -179,6 +190,8 @@ class POPE(Benchmark):
             columns["labels"].append(labels[category][position[category]]["label"])
             columns["categories"].append(category)
             position[category] += 1
+        ctx.per_question([f"{row['category']}/{row['question_id']}" for row in rows],
+                         [pope_correct(p, lab) for p, lab in zip(columns["preds"], columns["labels"])])
         metric = POPEMetric(categories=sorted(labels))
         result = self._feed(metric, columns)
         if result["mean_f1"] is None:

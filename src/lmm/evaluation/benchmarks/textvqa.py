@@ -57,6 +57,7 @@ class TextVQA(Benchmark):
     default_image_folder: ClassVar[str] = "textvqa/train_images"
     QUESTION_FILE: ClassVar[str] = "textvqa/llava_textvqa_val_v051_ocr.jsonl"
     ANNOTATIONS: ClassVar[str] = "textvqa/TextVQA_0.5.1_val.json"
+    QUESTION_UNIT: ClassVar[str] = "VQA accuracy (m4c-normalised, min(#humans that agree / 3, 1))"
 
     def _score(self, records, data_root: Path, judgments, ctx: ScoreContext) -> dict[str, Any]:
         annotations = {
@@ -91,5 +92,20 @@ class TextVQA(Benchmark):
         else:
             ctx.warn(f"{question_file} not found: cannot check for missing questions")
         gts = [annotations[k]["answers"] for k in keys]
-        result = self._feed(TextVQAAccuracy(), {"preds": [r["text"] for r in records], "gts": gts})
+        metric = TextVQAAccuracy()
+        self._question_scores(data_root, annotations, keys, [metric.question_accuracy(r["text"], g)
+                                                              for r, g in zip(records, gts)], ctx)
+        result = self._feed(metric, {"preds": [r["text"] for r in records], "gts": gts})
         return {"score": result.pop("accuracy"), **result}
+
+    def _question_scores(self, data_root: Path, annotations, keys, accuracies, ctx: ScoreContext) -> None:
+        """Per question of the question file (the annotation's ``question_id`` as key): its VQA accuracy, 0 when
+        unanswered, the mean over the copies when answered more than once (the official mean counts each)."""
+        answered: dict[tuple, list[float]] = {}
+        for key, accuracy in zip(keys, accuracies):
+            answered.setdefault(key, []).append(accuracy)
+        question_file = data_root / self.QUESTION_FILE
+        order = ([(row["question_id"], textvqa_question_from_prompt(row["text"])) for row in read_jsonl(question_file)]
+                 if question_file.is_file() else list(answered))
+        ctx.per_question([annotations.get(k, {}).get("question_id", f"{k[0]}/{k[1]}") for k in order],
+                         [sum(answered[k]) / len(answered[k]) if k in answered else 0.0 for k in order])

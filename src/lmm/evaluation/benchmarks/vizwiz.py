@@ -60,6 +60,7 @@ class VizWiz(SplitFiles, Benchmark):
     IMAGE_FOLDERS: ClassVar[dict[str, str]] = {"test": "vizwiz/test", "val": "vizwiz/val"}
     VAL_ANNOTATIONS: ClassVar[str] = "vizwiz/val.json"
     SERVER_SPLITS: ClassVar[dict[str, str]] = {"test": "EvalAI"}
+    QUESTION_UNIT: ClassVar[str] = "VQA accuracy (the VizWiz server's min(#humans that agree / 3, 1))"
     TEST_QUESTIONS: ClassVar[str] = "vizwiz/test.json"  # the release's test split (llava_test.jsonl is made from it)
 
     def question_file(self, data_root: str | Path) -> Path:
@@ -105,7 +106,10 @@ class VizWiz(SplitFiles, Benchmark):
             preds.append(texts[row["question_id"]]["text"])
             gts.append([a["answer"] for a in item["answers"]])
             types.append(item["answer_type"])
-        result = self._feed(VizWizAccuracy(), {"preds": preds, "gts": gts, "answer_types": types})
+        metric = VizWizAccuracy()
+        ctx.per_question([row["question_id"] for row in rows],
+                         [metric.question_accuracy(p, g) for p, g in zip(preds, gts)])
+        result = self._feed(metric, {"preds": preds, "gts": gts, "answer_types": types})
         return {"score": result.pop("accuracy"), "split": self.split, **result}
 
     def submission(self, records, data_root: str | Path) -> list[dict[str, str]]:

@@ -62,6 +62,7 @@ class VQAv2(SplitFiles, Benchmark):
     annotations: str | None = None  # override of the annotation file (absolute or relative to data_root)
 
     skips_unparsable: ClassVar[bool] = True
+    QUESTION_UNIT: ClassVar[str] = "VQA accuracy (the server's min(#humans that agree / 3, 1), leave-one-out mean)"
     QUESTION_FILES: ClassVar[dict[str, str]] = {
         "test-dev": "vqav2/llava_vqav2_mscoco_test-dev2015.jsonl",
         "val": "vqav2/llava_vqav2_mscoco_val2014.jsonl",
@@ -142,6 +143,9 @@ class VQAv2(SplitFiles, Benchmark):
         ctx.count("n_questions", len(rows))
         ctx.count("n_missing", missing, "{n} question(s) have no prediction and score 0 (answer '')")
         metric = VQAv2Accuracy(question_types=sorted(set(qtypes)))
+        ctx.per_question([row["question_id"] for row in rows], [
+            0.0 if texts.get(row["question_id"]) is None else metric.question_accuracy(pred, gt)
+            for row, pred, gt in zip(rows, preds, gts)])
         result = self._feed(
             metric, {"preds": preds, "gts": gts, "answer_types": atypes, "question_types": qtypes}
         )
