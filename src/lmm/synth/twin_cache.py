@@ -1,12 +1,19 @@
 """What the pretrained twins (:mod:`lmm.synth.twin_tower`, :mod:`lmm.synth.twin_llm`) share: a cache folder per
-key, trained once (atomically) with the caller's RNG left alone, and a plain AdamW loop."""
+key, trained once (atomically) with the caller's RNG and thread count left alone, and a plain AdamW loop.
+
+A twin is byte-reproducible on one machine: the same key gives the same safetensors in any fresh cache, whichever
+process builds it. Seeding alone is not enough: CPU kernels split their sums by the number of threads, so a twin
+trained with 2 threads differs from one trained with 1 (``OMP_NUM_THREADS``; the Table-2 run trains seeds side by
+side with fewer threads each, and whichever run comes first builds the twin every later run reads). So every twin
+is trained with :data:`BUILD_THREADS` threads, recorded in its key."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,18 @@ from lmm.common import build_once, digest
 from lmm.synth.sources import SYNTH_VERSION
 
 log = logging.getLogger(__name__)
+BUILD_THREADS = 1  # intra-op threads a twin trains with, whatever the process has (the same sums on every run)
+
+
+@contextmanager
+def fixed_threads(n: int = BUILD_THREADS) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block, the caller's restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cached_twin(cache_dir: str | Path, kind: str, key: dict[str, Any], seed: int,
@@ -23,12 +42,12 @@ def cached_twin(cache_dir: str | Path, kind: str, key: dict[str, Any], seed: int
     """The twin described by ``key`` (plus the synthetic data version: the twins learn from the generators'
     output) in ``cache_dir/kind/<model_type>-<hash>``; if absent, ``train(folder, key)`` writes it (atomically,
     :func:`lmm.common.build_once`), seeded with ``seed`` inside a forked RNG (a run starts alike whether the twin
-    was cached or not)."""
-    key = {**key, "synth": SYNTH_VERSION}
+    was cached or not) and with :data:`BUILD_THREADS` threads (the same bytes whichever process builds it)."""
+    key = {**key, "synth": SYNTH_VERSION, "threads": BUILD_THREADS}
     folder = Path(cache_dir) / kind / f"{key['model_type']}-{digest(key)}"
 
     def build(tmp: Path) -> None:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), fixed_threads():
             torch.manual_seed(seed)
             train(tmp, key)
 

@@ -10,7 +10,9 @@ the real LLM. Then stage 1 aligns (caption loss 4.3 → 1.0 in 128 steps), and s
 does not within a CPU budget: whether a shape named in the question is in the image (POPE-like 50 % → 96 %, see
 ``tests/training/test_learning.py``). 1000 steps of 32 (≈ 4 min on 2 cores, once); 400 steps were not enough. Cached by a
 hash of the twin config, the tokenizer, the template and the synthetic data version; deterministic under ``seed``
-(on one machine).
+(its own, 0 in the configs: the "released" Vicuna every run shares, not the run's ``seed``): on one machine the
+same bytes in any fresh cache, whatever the process's thread count (trained with one thread,
+:mod:`lmm.synth.twin_cache`).
 """
 
 from __future__ import annotations

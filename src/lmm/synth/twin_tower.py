@@ -8,8 +8,10 @@ twin block may carry ``pretrain:``: the random twin is first trained once on ren
 head on the features of the layer LLaVA reads (``select_layer``), max-pooled over patches, predicts the scene's
 attributes (:func:`lmm.synth.scenes.attribute_targets`) — and saved as a transformers checkpoint under the cache,
 which ``from_pretrained`` then loads like the real tower. The same probe then finds a shape in 95–99 % of scenes.
-Deterministic under ``seed`` (on one machine); cached by a hash of the twin config and the synthetic
-data version, like the tiny tokenizer.
+Deterministic under ``seed`` (its own, 0 in the configs: the "released" tower every run shares, not the run's
+``seed``): on one machine the same bytes in any fresh cache, whatever the process's thread count (trained with one
+thread, :mod:`lmm.synth.twin_cache`); cached by a hash of the twin config and the synthetic data version, like the
+tiny tokenizer.
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ With ``data.twin.enabled`` the training data are a synthetic twin written under 
 once (hash-keyed, atomic) and its path goes into the config — ``model.llm.tokenizer``, ``model.<part>.twin.checkpoint``
 — so training and evaluation read files exactly as at paper scale and never import this package.
 
+Seeds: the data twin (``data.twin.seed``) and the benchmark twins (``eval.synthetic_benchmarks.seed``) follow the
+run's ``seed`` (``training_seed_offset`` changes the training draw, not the world), each in a folder that names its
+seed and size, so runs of several seeds share a cache side by side; the pretrained backbone twins keep their own
+``pretrain.seed`` (0): they are the released backbones every run starts from. One seed gives the same bytes in any
+fresh cache (tests/synth/test_determinism.py).
+
 Processes of one run (every rank of ``torchrun``) prepare under one file lock: the first writes, the others find.
 """
 
@@ -62,11 +68,16 @@ def prepare_eval(eval_cfg: DictConfig) -> DictConfig:
 
 
 def _benchmarks(eval_cfg, names: list[str]) -> None:
+    """The synthetic benchmarks ``names`` under ``eval_cfg.data_root``: ``synthetic_benchmarks.n_images`` images each,
+    or ``per_benchmark.<name>`` where given (the Table-2 study sizes each benchmark to ≈ 1,000 questions)."""
     synth = eval_cfg.get("synthetic_benchmarks")
     if synth:
         from lmm.synth.benchmarks import write_synthetic_benchmarks
 
-        write_synthetic_benchmarks(eval_cfg.data_root, synth.n_images, synth.image_size, names=names)
+        sizes = dict(synth.get("per_benchmark") or {})
+        for n_images in dict.fromkeys(sizes.get(name, synth.n_images) for name in names):
+            write_synthetic_benchmarks(eval_cfg.data_root, n_images, synth.image_size, seed=synth.get("seed", 0),
+                                       names=[n for n in names if sizes.get(n, synth.n_images) == n_images])
 
 
 def _tokenizer(cfg: DictConfig):

@@ -2,7 +2,8 @@
 
 The twin is a real SentencePiece BPE model with byte fallback, split digits and a dummy prefix (Llama's settings),
 wrapped in transformers' ``LlamaTokenizer`` with ``legacy=True`` — how Vicuna's tokenizer behaves in LLaVA — and
-cached by a hash of its corpus, so it is trained once.
+cached by a hash of its corpus, so it is trained once. Deterministic: one thread, every sentence in corpus order (no
+sampling, no shuffle), SentencePiece's random generator seeded — the same corpus gives the same model file bytes.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 1000, cache_di
         import sentencepiece as spm
 
         buf = io.BytesIO()
+        spm.set_random_generator_seed(0)  # used only when sampling sentences, which the settings below never do
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
             byte_fallback=True, split_digits=True, add_dummy_prefix=True, normalization_rule_name="identity",
             remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, character_coverage=1.0,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False,
+            num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,  # deterministic (module docstring)
         )
         (tmp / "tokenizer.model").write_bytes(buf.getvalue())
         tok = LlamaTokenizer.from_pretrained(str(tmp), legacy=True, add_bos_token=True, add_eos_token=False)

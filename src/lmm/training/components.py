@@ -19,6 +19,13 @@ from lmm.text.tokenizer import load_tokenizer
 StageCallbacks = Callable[[str, Any, SampleProcessor], list]  # (stage name, tokenizer, processor) -> callbacks
 
 
+def training_seed(cfg: DictConfig) -> int:
+    """The seed of the training draw — model init, data order, Lightning's RNGs, the stage-reuse key: ``seed +
+    training_seed_offset``. The synthetic world follows ``seed`` alone, so ``seed=S training_seed_offset=100``
+    trains another draw on the same data and benchmarks (the seed-vs-seed calibration of Table 2 in miniature)."""
+    return int(cfg.seed) + int(cfg.get("training_seed_offset") or 0)
+
+
 def build_tokenizer(cfg: DictConfig):
     """The LLM's tokenizer: ``model.llm.tokenizer`` (a twin run gets its tiny tokenizer's folder there, from
     :func:`lmm.synth.world.prepare_training`), else ``model.llm.name_or_path``."""
@@ -34,7 +41,7 @@ def build_data(cfg: DictConfig, stage_name: str, processor: SampleProcessor, mic
                pad_id: int, num_image_tokens: int, packed: bool = False):
     """The stage's streaming shard DataModule (the stage's JSON converted on first use); micro-batches of
     ``stages.<stage>.micro_batch_tokens`` tokens when that is set, counted packed or padded as the model runs."""
-    return build_datamodule(cfg.data, stage_name, processor, micro_batch_size, accum, pad_id, cfg.seed,
+    return build_datamodule(cfg.data, stage_name, processor, micro_batch_size, accum, pad_id, training_seed(cfg),
                             num_image_tokens=num_image_tokens, max_length=cfg.model.max_length, packed=packed,
                             micro_batch_tokens=cfg.stages[stage_name].get("micro_batch_tokens"))
 
@@ -64,11 +71,11 @@ def stage_callbacks(cfg: DictConfig, stage_name: str, tokenizer, processor: Samp
 
 
 def build_model(cfg: DictConfig, tokenizer, meta: bool = False):
-    """The LLaVA model of ``cfg.model``, its random parts drawn from ``cfg.seed`` alone (the caller's RNG is left
-    as it was): a rebuild — after a sharded stage, or in a resumed run — gives the same frozen weights. With
+    """The LLaVA model of ``cfg.model``, its random parts drawn from :func:`training_seed` alone (the caller's RNG
+    is left as it was): a rebuild — after a sharded stage, or in a resumed run — gives the same frozen weights. With
     ``meta`` the same model on the meta device, no weights read (a rank that receives rank 0's)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(training_seed(cfg))
         return build_llava(cfg.model.vision, cfg.model.connector, cfg.model.llm, cfg.model.max_length, tokenizer,
                            twin=cfg.model.twin, hd=cfg.model.get("hd"), meta=meta)
 

@@ -8,8 +8,9 @@ data settings all stages share (not the other stages' mixtures, nor ``num_worker
 **the content of the stage's data** (:func:`data_fingerprint`: the sha256 of ``manifest.jsonl`` when
 ``data.<stage>.shards`` is set — a local folder or a URL, fetched with :class:`~lmm.data.remote.RemoteReader` —
 else of the JSON the stage is converted from, ``data.<stage>.json``), ``stages.<name>`` (hyperparameters, template,
-strategy), ``seed``, the trainer's devices / nodes / precision / accelerator, the keys of the stages before it, and
-the code that trains it (the source of ``lmm.models``, ``training``, ``data``, ``text``, ``imaging`` and
+strategy), the training seed (``seed + training_seed_offset``, :func:`lmm.training.components.training_seed`; the
+data's content covers the world that ``seed`` writes), the trainer's devices / nodes / precision / accelerator, the
+keys of the stages before it, and the code that trains it (the source of ``lmm.models``, ``training``, ``data``, ``text``, ``imaging`` and
 ``common``). Not in the key: names, tags, paths, logging, checkpoint cadence, evaluation, the stage's ``compile``
 block — ``torch.compile`` runs the same computation (the same loss and gradients up to float rounding,
 tests/models/test_compile.py), so a stage trained without it serves a run with it and vice versa — and **the
@@ -45,6 +46,7 @@ from lmm.common import UnsafePathError, digest, inside, plain
 from lmm.data.manifest import MANIFEST_NAME
 from lmm.data.remote import RemoteReader, is_url, join
 from lmm.training.checkpointing import DONE_FILE, write_json_atomic
+from lmm.training.components import training_seed
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def _key(cfg: DictConfig, name: str, before: list[str]) -> str:
     trainer = plain(cfg.trainer)
     stage = {k: v for k, v in plain(cfg.stages[name]).items() if k not in NOT_IN_KEY}
     inputs = {"model": plain(cfg.model), "data": {**shared, name: data.get(name)}, "stage": stage,
-              "content": data_fingerprint(cfg, name), "seed": cfg.seed, "tf32": cfg.get("tf32"),
+              "content": data_fingerprint(cfg, name), "seed": training_seed(cfg), "tf32": cfg.get("tf32"),
               "trainer": {k: trainer.get(k) for k in TRAINER_KEYS}, "before": before, "code": code_version()}
     return digest(inputs, 16)
 

@@ -43,6 +43,7 @@ from lmm.training.components import (
     data_counts,
     run_tags,
     stage_callbacks,
+    training_seed,
 )
 from lmm.training.module import DEEPSPEED_COMPILE
 from lmm.training.precision import resolve_precision, set_tf32
@@ -169,7 +170,7 @@ def start_run(cfg: DictConfig) -> tuple[str, dict, Path, list[str]]:
     unless ``resume`` or ``overwrite=true``: :mod:`lmm.training.run_folder`); the resolved config and the command
     line's overrides written to it. On a resume, the keys whose values differ from the run's recorded config are
     logged and returned (``key: old → new``)."""
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(training_seed(cfg), workers=True)
     set_tf32(bool(cfg.get("tf32")))
     check_connector_sources(cfg)
     check_compile(cfg)
@@ -225,7 +226,7 @@ def train_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenizer,
         log.warning("the checkpoint's MLflow run %s is not in %s: the resumed stage gets a new run", run_id,
                     cfg.logger.tracking_uri)
         run_id = None
-    tags = {**run_tags(cfg), **(extra_tags or {})}
+    tags = {**run_tags(cfg), **track.twins_tag(cfg.model), **(extra_tags or {})}
     track.ensure_store(cfg.logger.tracking_uri, cfg.logger.experiment_name)
     logger = instantiate(cfg.logger, run_name=f"{track.run_label(tags)}-{name}", run_id=run_id, tags={
         "stage": name, "git_sha": sha, "run_group": str(cfg.paths.output_dir), **tags}, _convert_="all")
@@ -326,7 +327,7 @@ def _finish_stage(cfg: DictConfig, name: str, stage: DictConfig, model, tokenize
             "image_aspect_ratio": stage.image_aspect_ratio, "max_length": cfg.model.max_length,
             "stage": name, "git_sha": sha, "mlflow_run_id": logger.run_id,
             "mlflow_tracking_uri": cfg.logger.tracking_uri, "hd_active": model.hd_active,
-            "tags": run_tags(cfg)}
+            "tags": {**run_tags(cfg), **track.twins_tag(cfg.model)}}
     # The full model folder (what eval.py loads) is written for the last stage only; earlier stages hand on
     # their trainable weights (checkpoint + connector file), as LLaVA's stage 1 saves mm_projector.bin only.
     if name == cfg.run_stages[-1]:
