@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast test-learning test-long table2 lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui tracking-server merge-runs \
+.PHONY: help setup test test-fast test-learning test-long table2 table2-mini lint train train-row plan resume sweep-data sweep-llm synth shards eval score ui tracking-server merge-runs \
 	compare bench-gen bench-train bench-data rehearse-data bench-gpu merge-lora export-hf import-hf clean
 
 help: ## Show this help
@@ -53,6 +53,32 @@ TABLE2 := row0_llava,row1_vqav2,row2_format_prompt,row3_mlp_connector,row4_okvqa
 table2: ## Table 2 rows 0-9: train (a shared stage 1 once: 4 for 10 rows), evaluate, report; ARGS="scale=paper ..." [REPORT=outputs/table2]
 	$(PY) train.py -m +experiment=$(TABLE2) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
 	$(PY) -m lmm.tracking.compare --latest --out $(or $(REPORT),outputs/table2)
+
+# Table 2 in miniature (docs/table2_mini.md): every row x SEEDS with the pretrained twins, then a seed-vs-seed
+# calibration run (one job at a time, beside them), then the report with 95 % intervals. JOBS row jobs at a time
+# (hydra/launcher=local_pool), in row
+# order (Hydra's product: the row outer, the seed inner), so rows 1-2, 4-5 and 7-8 mostly find their stage 1
+# finished and reuse it.
+SEEDS ?= 1,2,3
+JOBS ?= $(shell nproc)
+T2M_ROWS ?= $(TABLE2)
+T2M_CALIBRATION ?= row7_gqa
+T2M_CAL_JOBS ?= 1
+T2M_OUT ?= outputs/table2_mini
+ifndef T2M_RUNS
+T2M_RUNS := $(T2M_OUT)/runs-$(shell date +%Y%m%d-%H%M%S)
+endif
+T2M_TRAIN = OMP_NUM_THREADS=$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )) $(PY) train.py -m hydra/launcher=local_pool \
+	hydra.launcher.n_jobs=$(JOBS) +study=table2_mini
+table2-mini: ## Table 2 in miniature: rows 0-9 x SEEDS (1,2,3) + calibration, report with 95 % intervals in outputs/table2_mini (hours on 2 cores)
+	@start=$$(date +%s); mkdir -p $(T2M_RUNS); echo "table2-mini: $(T2M_RUNS) (calibration log: $(T2M_RUNS)/calibration.log)"; \
+	$(T2M_TRAIN) +experiment=$(T2M_CALIBRATION) seed=$(SEEDS) training_seed_offset=100 hydra.launcher.n_jobs=$(T2M_CAL_JOBS) \
+	  hydra.sweep.dir=$(T2M_RUNS)/calibration $(ARGS) > $(T2M_RUNS)/calibration.log 2>&1 & calibration=$$!; \
+	$(T2M_TRAIN) +experiment=$(T2M_ROWS) seed=$(SEEDS) hydra.sweep.dir=$(T2M_RUNS)/rows $(ARGS) \
+	  || echo "table2-mini: some row jobs failed (the report lists what is missing)"; \
+	wait $$calibration || echo "table2-mini: a calibration job failed (the report lists what is missing)"; \
+	echo "table2-mini: trained and evaluated in $$(( $$(date +%s) - start )) s"; \
+	$(PY) -m lmm.tracking.table2_mini $(T2M_RUNS) --out $(T2M_OUT) $(REPORT_ARGS)
 
 sweep-data: ## Fig. 4 data-efficiency sweep (subsample 0.1 … 1.0), one MLflow run per ratio; [LAUNCHER=local_parallel|slurm_7b] ARGS=...
 	$(PY) train.py -m +sweep=data_efficiency +experiment=$(or $(EXP),llava_v1_5_7b) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)

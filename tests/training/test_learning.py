@@ -24,11 +24,8 @@ import pytest
 from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.learning]
-TRAIN = ["twins=pretrained", "data.twin.n_pretrain=2048", "data.twin.n_finetune=24000", "stages.pretrain.epochs=1",
-         "stages.finetune.epochs=1", "stages.finetune.global_batch_size=32", "stages.finetune.micro_batch_size=32",
-         "stages.pretrain.packing=true", "stages.finetune.packing=true",  # padding-free (exact), whatever the default
-         "eval.synthetic_benchmarks.n_images=96", "eval.benchmarks=[vqav2,gqa,pope]",
-         "trainer.enable_progress_bar=false"]
+TRAIN = ["+study=learning",  # conf/study/learning.yaml: the pretrained twins and this test's scale, for Table 2 too
+         "eval.synthetic_benchmarks.n_images=96", "eval.benchmarks=[vqav2,gqa,pope]"]
 GQA_CHOICES = {"color": 4, "hposition": 3, "name": 3}  # open queries; every binary question has 2 answers
 
 
