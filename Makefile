@@ -62,7 +62,7 @@ table2: ## Table 2 rows 0-9: train (a shared stage 1 once: 4 for 10 rows), evalu
 SEEDS ?= 1,2,3
 JOBS ?= $(shell nproc)
 T2M_ROWS ?= $(TABLE2)
-T2M_CALIBRATION ?= row7_gqa
+T2M_CALIBRATION ?= row2_format_prompt
 T2M_CAL_JOBS ?= 1
 T2M_OUT ?= outputs/table2_mini
 ifndef T2M_RUNS
