@@ -55,7 +55,7 @@ table2: ## Table 2 rows 0-9: train (a shared stage 1 once: 4 for 10 rows), evalu
 	$(PY) -m lmm.tracking.compare --latest --out $(or $(REPORT),outputs/table2)
 
 # Table 2 in miniature (docs/table2_mini.md): every row x SEEDS with the pretrained twins, then a seed-vs-seed
-# calibration run (one job at a time, beside them), then the report with 95 % intervals. JOBS row jobs at a time
+# calibration run (one job at a time, beside them; T2M_CALIBRATION= skips it), then the report with 95 % intervals. JOBS row jobs at a time
 # (hydra/launcher=local_pool), in row
 # order (Hydra's product: the row outer, the seed inner), so rows 1-2, 4-5 and 7-8 mostly find their stage 1
 # finished and reuse it.
@@ -72,11 +72,12 @@ T2M_TRAIN = OMP_NUM_THREADS=$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) :
 	hydra.launcher.n_jobs=$(JOBS) +study=table2_mini
 table2-mini: ## Table 2 in miniature: rows 0-9 x SEEDS (1,2,3) + calibration, report with 95 % intervals in outputs/table2_mini (hours on 2 cores)
 	@start=$$(date +%s); mkdir -p $(T2M_RUNS); echo "table2-mini: $(T2M_RUNS) (calibration log: $(T2M_RUNS)/calibration.log)"; \
+	calibration=; [ -z "$(T2M_CALIBRATION)" ] || { \
 	$(T2M_TRAIN) +experiment=$(T2M_CALIBRATION) seed=$(SEEDS) training_seed_offset=100 hydra.launcher.n_jobs=$(T2M_CAL_JOBS) \
-	  hydra.sweep.dir=$(T2M_RUNS)/calibration $(ARGS) > $(T2M_RUNS)/calibration.log 2>&1 & calibration=$$!; \
+	  hydra.sweep.dir=$(T2M_RUNS)/calibration $(ARGS) > $(T2M_RUNS)/calibration.log 2>&1 & calibration=$$!; }; \
 	$(T2M_TRAIN) +experiment=$(T2M_ROWS) seed=$(SEEDS) hydra.sweep.dir=$(T2M_RUNS)/rows $(ARGS) \
 	  || echo "table2-mini: some row jobs failed (the report lists what is missing)"; \
-	wait $$calibration || echo "table2-mini: a calibration job failed (the report lists what is missing)"; \
+	[ -z "$$calibration" ] || wait $$calibration || echo "table2-mini: a calibration job failed (the report lists what is missing)"; \
 	echo "table2-mini: trained and evaluated in $$(( $$(date +%s) - start )) s"; \
 	$(PY) -m lmm.tracking.table2_mini $(T2M_RUNS) --out $(T2M_OUT) $(REPORT_ARGS)
 

@@ -17,7 +17,8 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 def data_cfg(name, tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(overrides=[f"+data={name}", "+paths=default", f"paths.root_dir={tmp_path}/root",
+        cfg = compose(overrides=[f"+data={name}", "+paths=default", "+seed=0",  # data.twin.seed follows the run's
+                                 f"paths.root_dir={tmp_path}/root",
                                  f"paths.cache_dir={tmp_path}/cache", *overrides])
     return cfg.data
 
