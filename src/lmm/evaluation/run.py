@@ -147,9 +147,9 @@ def open_run(ev: EvalRun, spec: dict) -> None:
     cfg = ev.cfg
     recorded = spec.get("mlflow_tracking_uri")
     ev.tracking_uri = tracking_uri_for(cfg.tracking_uri, recorded)
-    ev.client = client = mlflow.MlflowClient(tracking_uri=ev.tracking_uri)
+    exp_id = ensure_store(ev.tracking_uri, cfg.experiment_name)  # first: a client migrates a new sqlite store
+    ev.client = client = mlflow.MlflowClient(tracking_uri=ev.tracking_uri)  # (racing another job) on creation
     ev.parent = spec.get("mlflow_run_id") if recorded and ev.tracking_uri == recorded else None
-    exp_id = ensure_store(ev.tracking_uri, cfg.experiment_name)
     tags = {**twins_tag(spec.get("model")),  # a model folder from before the training runs' `twins` tag
             **(spec.get("tags") or {}), **(cfg.get("tags") or {}), "kind": "eval", "checkpoint": spec["model_dir"],
             "git_sha": git_sha(), "template": ev.template.name, "benchmark_data": benchmark_data(cfg)}
