@@ -2,13 +2,14 @@
 change per row (else a row's Δ would measure the world, not the recipe)."""
 
 import ast
-import hashlib
 from pathlib import Path
 
 from conftest import compose_train
 
 import lmm.synth
 from lmm.synth.world import prepare_training
+
+from .test_sources import digest
 
 # Config keys that say which run this is: its experiment / row / tags / logger, and what the row selects.
 ROW_KEYS = {"experiment", "paper_row", "paper_table", "tags", "logger", "sources", "include", "default_include",
@@ -39,11 +40,6 @@ def test_no_synth_module_reads_run_identifying_config():
     assert len(modules) > 10
     read = {p.name: keys for p in modules if (keys := row_keys_read(p.read_text(encoding="utf-8")))}
     assert read == {}, f"lmm.synth modules that read run-identifying config: {read}"
-
-
-def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_rows_0_and_8_prepare_the_same_world(tmp_path):
